@@ -1,0 +1,7 @@
+"""DyCON semi-supervised 3D segmentation for MONAI."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]
