@@ -28,3 +28,7 @@ format:
 bench: install
 	$(PYTHON) benchmarks/bench_losses.py
 	$(PYTHON) benchmarks/bench_train_step.py
+
+# MONAI Label 0.8.5 in its own cached venv (about 8 GB; MONAILABEL_VENV overrides the place); see docs/monailabel.md
+monailabel-env:
+	bash scripts/monailabel_env.sh

@@ -21,3 +21,15 @@ def pytest_collection_modifyitems(config, items):
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def synthetic_cohort(tmp_path_factory):
+    """Path of a small synthetic ISLES'22-layout cohort (12 cases at 6 mm, ~30^3 voxels, 1 lesion-free case).
+
+    Read-only for tests: copy it (``shutil.copytree``) before deleting or corrupting files.
+    """
+    from dycon_monai.data import make_synthetic_cohort
+
+    root = tmp_path_factory.mktemp("synthetic_cohort")
+    return make_synthetic_cohort(root, cases=12, seed=0, spacing=6.0)

@@ -1,0 +1,732 @@
+"""ISLES'22 in its released layout -> MONAI datalists with folds and a labeled / unlabeled split.
+
+Layout read (BIDS-like, as released by the challenge)::
+
+    ROOT/rawdata/sub-strokecaseXXXX/ses-0001/dwi/sub-strokecaseXXXX_ses-0001_dwi.nii.gz   (required)
+    ROOT/rawdata/sub-strokecaseXXXX/ses-0001/dwi/sub-strokecaseXXXX_ses-0001_adc.nii.gz   (optional)
+    ROOT/rawdata/sub-strokecaseXXXX/ses-0001/anat/sub-strokecaseXXXX_ses-0001_FLAIR.nii.gz (optional)
+    ROOT/derivatives/sub-strokecaseXXXX/ses-0001/sub-strokecaseXXXX_ses-0001_msk.nii.gz    (lesion mask)
+
+Non-image files (JSON sidecars, ``participants.tsv``, ``dataset_description.json`` ...) and hidden files are
+ignored; ``.nii`` is accepted as well as ``.nii.gz``. Anything else that looks like data but does not fit (a
+NIfTI with an unknown suffix or another case's name, a folder that is not a case, two files for one modality,
+a mask without a case) is an error naming the path, so that a half-copied or mixed-up dataset never trains
+silently.
+
+Splits (rules in docs/data.md):
+
+* **folds** - the three published DyCON folds (200 / 25 / 25 case ids, package data in ``splits/``) when the
+  root holds all 250 published case ids; otherwise folds made the same way: for fold ``f`` an independent
+  seeded permutation of the sorted case ids (``numpy.random.default_rng([seed, f, 22])``), the first 10 % go
+  to validation, the next 10 % to test (each at least one case), the rest to training.
+* **labeled subset** - ``n = round(labeled_fraction * n_train)`` (half up) or ``labeled_count``; the training
+  cases are sorted by lesion volume (published per-case volumes when the split is the published one, else the
+  volume read from each training mask - used only for this choice and never written into an unlabeled
+  entry), cut into ``n`` consecutive strata of (nearly) equal size, and one case is drawn from each stratum
+  with ``numpy.random.default_rng([seed, fold])``.
+
+Command line::
+
+    python -m dycon_monai.data.isles22 --root DIR --fold 0 --labeled-fraction 0.1 --out datalist.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import struct
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import nibabel as nib
+import numpy as np
+
+__all__ = [
+    "DataError",
+    "LABEL_MAPPINGS",
+    "MODALITIES",
+    "MissingFileError",
+    "ScannedCase",
+    "isles22_datalist",
+    "load_datalist",
+    "main",
+    "published_splits",
+    "resolve_label_mapping",
+    "save_datalist",
+    "scan_isles22",
+]
+
+logger = logging.getLogger(__name__)
+
+_SPLITS_DIR = Path(__file__).resolve().parent / "splits"
+NUM_FOLDS = 3
+CASE_RE = re.compile(r"^sub-strokecase\d{4}$")
+SESSION_RE = re.compile(r"^ses-[A-Za-z0-9]+$")
+
+#: modality name -> (sub-folder of the session, file suffix)
+MODALITIES: dict[str, tuple[str, str]] = {"dwi": ("dwi", "dwi"), "adc": ("dwi", "adc"), "flair": ("anat", "FLAIR")}
+_MASK_SUFFIX = "msk"
+
+#: Named label mappings (source value -> 0/1). ``None`` / ``"binary"``: the mask must already be {0, 1}.
+LABEL_MAPPINGS: dict[str, dict[int, int]] = {
+    "binary": {0: 0, 1: 1},
+    "brats_whole_tumor": {0: 0, 1: 1, 2: 1, 4: 1},
+    "brats_tumor_core": {0: 0, 1: 1, 2: 0, 4: 1},
+    "brats_enhancing_tumor": {0: 0, 1: 0, 2: 0, 4: 1},
+    "nonzero": {},  # special: every non-zero value -> 1
+}
+
+LabelMapping = Union[str, Mapping[int, int], None]
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class DataError(ValueError):
+    """A dataset problem: the message names the case, the file and what was expected."""
+
+    def __init__(self, message: str, case_id: str | None = None, path: PathLike | None = None):
+        super().__init__(message)
+        self.case_id = case_id
+        self.path = None if path is None else str(path)
+
+
+class MissingFileError(DataError, FileNotFoundError):
+    """A file the datalist needs (an image, or the mask of a case that must be labeled) is absent."""
+
+
+@dataclass
+class ScannedCase:
+    """Files of one case found under an ISLES'22 root.
+
+    Attributes:
+        case_id: ``sub-strokecaseXXXX``.
+        session: session folder name (``ses-0001``).
+        images: modality -> path, for every modality found.
+        label: path of the lesion mask, or ``None`` when the case has none.
+    """
+
+    case_id: str
+    session: str
+    images: dict[str, Path] = field(default_factory=dict)
+    label: Path | None = None
+
+
+def _is_nifti(name: str) -> bool:
+    return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def _stem(name: str) -> str:
+    return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name[: -len(".nii")]
+
+
+def _ignored(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _expected_name(cid: str, ses: str, suffix: str) -> str:
+    return f"{cid}_{ses}_{suffix}.nii.gz"
+
+
+def scan_isles22(root: PathLike) -> dict[str, ScannedCase]:
+    """Find every case and file under an ISLES'22 root, checking the layout (not the file contents).
+
+    Args:
+        root: the folder holding ``rawdata/`` (and ``derivatives/`` for the masks).
+
+    Returns:
+        case id -> :class:`ScannedCase`, sorted by case id.
+
+    Raises:
+        MissingFileError: no ``rawdata/`` folder, no case, or a case without a session folder.
+        DataError: a stray or duplicate file or folder (the message names it and what was expected).
+    """
+    root = Path(root)
+    raw = root / "rawdata"
+    if not raw.is_dir():
+        raise MissingFileError(
+            f"{root} is not an ISLES'22 root: no 'rawdata' folder. Expected "
+            "ROOT/rawdata/sub-strokecaseXXXX/ses-0001/dwi/sub-strokecaseXXXX_ses-0001_dwi.nii.gz and "
+            "ROOT/derivatives/sub-strokecaseXXXX/ses-0001/sub-strokecaseXXXX_ses-0001_msk.nii.gz "
+            "(make a synthetic one with: python -m dycon_monai.data.synthetic --out DIR)",
+            path=raw,
+        )
+    cases: dict[str, ScannedCase] = {}
+    for entry in sorted(raw.iterdir()):
+        if _ignored(entry.name):
+            continue
+        if entry.is_dir():
+            if not CASE_RE.match(entry.name):
+                raise DataError(
+                    f"stray folder {entry}: every folder in rawdata/ must be a case named sub-strokecaseXXXX "
+                    "(4 digits); move or rename it",
+                    path=entry,
+                )
+            cases[entry.name] = _scan_raw_case(entry)
+        elif _is_nifti(entry.name):
+            raise DataError(
+                f"stray image {entry}: images belong in rawdata/<case>/<session>/dwi/ or anat/, not in rawdata/",
+                path=entry,
+            )
+    if not cases:
+        raise MissingFileError(f"no case folders (sub-strokecaseXXXX) in {raw}", path=raw)
+
+    der = root / "derivatives"
+    if der.is_dir():
+        for entry in sorted(der.iterdir()):
+            if _ignored(entry.name):
+                continue
+            if entry.is_dir() and CASE_RE.match(entry.name):
+                if entry.name not in cases:
+                    raise DataError(
+                        f"stray mask folder {entry}: case {entry.name} has no images in {raw}",
+                        case_id=entry.name,
+                        path=entry,
+                    )
+                _scan_mask_case(entry, cases[entry.name])
+            elif entry.is_dir() or _is_nifti(entry.name):
+                raise DataError(
+                    f"stray entry {entry}: derivatives/ must only hold case folders "
+                    "sub-strokecaseXXXX/<session>/sub-strokecaseXXXX_<session>_msk.nii.gz",
+                    path=entry,
+                )
+    return cases
+
+
+def _single_session(case_dir: Path, cid: str) -> Path:
+    sessions = [p for p in sorted(case_dir.iterdir()) if not _ignored(p.name) and p.is_dir()]
+    bad = [p for p in sessions if not SESSION_RE.match(p.name)]
+    if bad:
+        raise DataError(f"stray folder {bad[0]} in case {cid}: expected a session folder ses-XXXX", cid, bad[0])
+    if not sessions:
+        raise MissingFileError(f"case {cid} has no session folder (expected {case_dir}/ses-0001/)", cid, case_dir)
+    if len(sessions) > 1:
+        raise DataError(
+            f"case {cid} has {len(sessions)} sessions ({', '.join(p.name for p in sessions)}) in {case_dir}; "
+            "expected one (ISLES'22 has ses-0001 only)",
+            cid,
+            case_dir,
+        )
+    stray = [p for p in sorted(case_dir.iterdir()) if p.is_file() and _is_nifti(p.name)]
+    if stray:
+        raise DataError(f"stray image {stray[0]} in case {cid}: images belong in the session folder", cid, stray[0])
+    return sessions[0]
+
+
+def _scan_raw_case(case_dir: Path) -> ScannedCase:
+    cid = case_dir.name
+    ses_dir = _single_session(case_dir, cid)
+    ses = ses_dir.name
+    case = ScannedCase(case_id=cid, session=ses)
+    by_suffix = {suffix: (mod, folder) for mod, (folder, suffix) in MODALITIES.items()}
+    for path in sorted(ses_dir.rglob("*")):
+        if not path.is_file() or not _is_nifti(path.name) or any(_ignored(p) for p in path.relative_to(ses_dir).parts):
+            continue
+        stem = _stem(path.name)
+        prefix = f"{cid}_{ses}_"
+        suffix = stem[len(prefix) :] if stem.startswith(prefix) else None
+        if suffix not in by_suffix:
+            expected = ", ".join(_expected_name(cid, ses, s) for s in by_suffix)
+            raise DataError(f"stray image {path} in case {cid}: expected one of {expected}", cid, path)
+        mod, folder = by_suffix[suffix]
+        if path.parent != ses_dir / folder:
+            raise DataError(
+                f"image {path} of case {cid} is in the wrong folder: expected {ses_dir / folder}/", cid, path
+            )
+        if mod in case.images:
+            raise DataError(
+                f"duplicate {mod} images for case {cid}: {case.images[mod]} and {path}; keep exactly one", cid, path
+            )
+        case.images[mod] = path
+    return case
+
+
+def _scan_mask_case(case_dir: Path, case: ScannedCase) -> None:
+    cid = case.case_id
+    ses_dir = _single_session(case_dir, cid)
+    if ses_dir.name != case.session:
+        raise DataError(
+            f"mask session {ses_dir} of case {cid} does not match its image session {case.session}", cid, ses_dir
+        )
+    expected = _expected_name(cid, case.session, _MASK_SUFFIX)
+    for path in sorted(ses_dir.rglob("*")):
+        if not path.is_file() or not _is_nifti(path.name) or any(_ignored(p) for p in path.relative_to(ses_dir).parts):
+            continue
+        if _stem(path.name) != f"{cid}_{case.session}_{_MASK_SUFFIX}" or path.parent != ses_dir:
+            raise DataError(
+                f"stray image {path} in the masks of case {cid}: expected only {ses_dir / expected}", cid, path
+            )
+        if case.label is not None:
+            raise DataError(f"duplicate masks for case {cid}: {case.label} and {path}; keep exactly one", cid, path)
+        case.label = path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# file checks
+
+
+def _load_checked(path: Path, cid: str, what: str) -> nib.Nifti1Image:
+    """Parse a NIfTI header and check that the file holds all its voxel data (truncation), cheaply."""
+    try:
+        img = nib.load(str(path))
+    except Exception as e:  # nibabel raises many types for a bad file
+        raise DataError(f"unreadable {what} of case {cid}: {path}: {type(e).__name__}: {e}", cid, path) from e
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise DataError(f"{what} of case {cid} is not a NIfTI image: {path}", cid, path)
+    hdr = img.header
+    offset = int(getattr(img.dataobj, "offset", hdr.get_data_offset()))
+    expected = offset + int(np.prod(img.shape)) * hdr.get_data_dtype().itemsize
+    try:
+        if path.name.endswith(".gz"):
+            with open(path, "rb") as f:
+                f.seek(-4, os.SEEK_END)
+                isize = struct.unpack("<I", f.read(4))[0]  # uncompressed size mod 2^32 (gzip trailer)
+            if isize != expected % (1 << 32):
+                # multi-member gzip files keep only the last member's size: decompress to be sure
+                np.asarray(img.dataobj)
+        elif path.stat().st_size < expected:
+            raise EOFError(f"file has {path.stat().st_size} bytes, the header needs {expected}")
+    except Exception as e:
+        raise DataError(
+            f"unreadable {what} of case {cid}: {path} is truncated or corrupt ({type(e).__name__}: {e}); "
+            "copy or download it again",
+            cid,
+            path,
+        ) from e
+    return img
+
+
+def _spatial_shape(img: nib.Nifti1Image, path: Path, cid: str, what: str) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in img.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise DataError(f"{what} of case {cid} has shape {img.shape} in {path}; expected a 3D volume", cid, path)
+    return shape
+
+
+def _check_geometry(
+    ref: tuple[Path, nib.Nifti1Image], other: tuple[Path, nib.Nifti1Image], cid: str, what: str, atol: float
+) -> None:
+    (rp, ri), (op, oi) = ref, other
+    rs, os_ = _spatial_shape(ri, rp, cid, "DWI"), _spatial_shape(oi, op, cid, what)
+    if rs != os_:
+        raise DataError(
+            f"{what} of case {cid} has shape {os_} ({op}) but the DWI has {rs} ({rp}); expected the same grid"
+            + (" - ISLES'22 FLAIR is not in DWI space: register it to the DWI first" if what == "flair" else ""),
+            cid,
+            op,
+        )
+    diff = float(np.max(np.abs(np.asarray(ri.affine) - np.asarray(oi.affine))))
+    if diff > atol:
+        raise DataError(
+            f"{what} of case {cid} ({op}) has an affine that differs from the DWI's ({rp}) by {diff:.4g} "
+            f"(max absolute difference > tolerance {atol}); expected the same geometry.\n"
+            f"{what} affine:\n{np.round(oi.affine, 4)}\nDWI affine:\n{np.round(ri.affine, 4)}",
+            cid,
+            op,
+        )
+
+
+def resolve_label_mapping(label_mapping: LabelMapping) -> dict[int, int] | None:
+    """Turn a mapping name or dict into ``{source value: 0/1}``; ``None``/"binary" -> ``None`` (no mapping).
+
+    ``"nonzero"`` returns an empty dict, meaning "every non-zero value is lesion".
+    """
+    if label_mapping is None or label_mapping == "binary":
+        return None
+    if isinstance(label_mapping, str):
+        if label_mapping not in LABEL_MAPPINGS:
+            raise ValueError(
+                f"unknown label_mapping {label_mapping!r}; expected one of {sorted(LABEL_MAPPINGS)} or a dict"
+            )
+        return dict(LABEL_MAPPINGS[label_mapping])
+    out = {}
+    for k, v in dict(label_mapping).items():
+        kv, vv = float(k), int(v)
+        if not kv.is_integer() or vv not in (0, 1):
+            raise ValueError(f"label_mapping must map integer label values to 0 or 1; got {k!r}: {v!r}")
+        out[int(kv)] = vv
+    return out
+
+
+def check_label_values(values: np.ndarray, mapping: dict[int, int] | None, where: str) -> None:
+    """Raise a ValueError naming ``where`` if label ``values`` are not allowed (see :func:`resolve_label_mapping`)."""
+    values = np.unique(np.asarray(values))
+    if mapping is not None and len(mapping) == 0:  # "nonzero"
+        return
+    allowed = {0, 1} if mapping is None else set(mapping)
+    bad = [v for v in values.tolist() if not float(v).is_integer() or int(v) not in allowed]
+    if bad:
+        shown = ", ".join(f"{v:g}" for v in values[:12].tolist()) + (" ..." if len(values) > 12 else "")
+        if mapping is None:
+            hint = (
+                "; expected {0, 1}. For another label set pass label_mapping (e.g. 'brats_whole_tumor' for "
+                "{1, 2, 4} -> 1, 'nonzero', or a dict {value: 0/1})"
+            )
+        else:
+            hint = f"; label_mapping covers only {sorted(allowed)}"
+        raise ValueError(f"{where} has label values [{shown}]{hint}")
+
+
+def _read_mask(path: Path, cid: str, mapping: dict[int, int] | None) -> np.ndarray:
+    img = _load_checked(path, cid, "mask")
+    try:
+        data = np.asarray(img.dataobj)
+    except Exception as e:
+        raise DataError(f"unreadable mask of case {cid}: {path}: {type(e).__name__}: {e}", cid, path) from e
+    try:
+        check_label_values(data, mapping, f"mask of case {cid} ({path})")
+    except ValueError as e:
+        raise DataError(str(e), cid, path) from e
+    if mapping is None:
+        return data > 0
+    if len(mapping) == 0:
+        return data != 0
+    lut_keys = np.array(sorted(mapping))
+    fg = [k for k in lut_keys if mapping[int(k)] == 1]
+    return np.isin(data, fg)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# splits
+
+
+def published_splits(fold: int) -> dict[str, Any]:
+    """The published DyCON ISLES'22 fold ``fold`` (keys ``train``, ``val``, ``test``, ``metrics``)."""
+    if fold not in range(NUM_FOLDS):
+        raise ValueError(f"fold must be 0, 1 or 2 for the published ISLES'22 splits; got {fold!r}")
+    with open(_SPLITS_DIR / f"isles22_fold{fold}.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _generated_fold(ids: Sequence[str], fold: int, seed: int) -> dict[str, list[str]]:
+    n = len(ids)
+    if n < 3:
+        raise DataError(f"need at least 3 cases to make train/validation/test folds; the root has {n}")
+    n_val = max(1, int(math.floor(0.1 * n + 0.5)))
+    n_test = max(1, int(math.floor(0.1 * n + 0.5)))
+    if n - n_val - n_test < 1:
+        raise DataError(f"{n} cases leave no training case after 10 % validation and 10 % test")
+    perm = np.random.default_rng([int(seed), int(fold), 22]).permutation(n)
+    order = [sorted(ids)[i] for i in perm]
+    return {
+        "train": sorted(order[n_val + n_test :]),
+        "val": sorted(order[:n_val]),
+        "test": sorted(order[n_val : n_val + n_test]),
+    }
+
+
+def _labeled_count(n_train: int, labeled_fraction: float | None, labeled_count: int | None) -> int:
+    if labeled_count is not None:
+        if int(labeled_count) != labeled_count or not 1 <= int(labeled_count) <= n_train:
+            raise DataError(
+                f"labeled_count={labeled_count!r} is impossible with {n_train} training cases; "
+                f"expected an integer in [1, {n_train}]"
+            )
+        return int(labeled_count)
+    if labeled_fraction is None or not (0.0 < float(labeled_fraction) <= 1.0):
+        raise DataError(f"labeled_fraction must be in (0, 1]; got {labeled_fraction!r}")
+    n = int(math.floor(float(labeled_fraction) * n_train + 0.5))
+    if n < 1:
+        raise DataError(
+            f"labeled_fraction={labeled_fraction} of {n_train} training cases rounds to 0 labeled cases "
+            f"(empty labeled set); use labeled_fraction >= {0.5 / n_train:.3g} or labeled_count=1"
+        )
+    return n
+
+
+def _stratified_choice(ids_by_volume: Sequence[str], n: int, rng: np.random.Generator) -> list[str]:
+    """One random case from each of ``n`` consecutive, nearly equal strata of the volume-sorted list."""
+    strata = np.array_split(np.arange(len(ids_by_volume)), n)
+    return sorted(ids_by_volume[int(s[rng.integers(len(s))])] for s in strata)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# datalist
+
+
+def _modalities(modalities: str | Sequence[str]) -> tuple[str, ...]:
+    if isinstance(modalities, str):
+        modalities = [m for m in re.split(r"[,\s]+", modalities) if m]
+    mods = tuple(str(m).lower() for m in modalities)
+    unknown = [m for m in mods if m not in MODALITIES]
+    if not mods or unknown or len(set(mods)) != len(mods):
+        raise ValueError(f"modalities must be distinct names from {list(MODALITIES)}; got {list(modalities)}")
+    return mods
+
+
+def isles22_datalist(
+    root: PathLike,
+    fold: int = 0,
+    labeled_fraction: float | None = 0.1,
+    labeled_count: int | None = None,
+    seed: int = 0,
+    modalities: str | Sequence[str] = ("dwi",),
+    splits: str = "auto",
+    label_mapping: LabelMapping = None,
+    stratify: bool = True,
+    affine_tolerance: float = 1e-3,
+    check_data: bool = False,
+) -> dict[str, Any]:
+    """Build a MONAI datalist for one fold of an ISLES'22-layout root.
+
+    Args:
+        root: dataset root (``rawdata/`` + ``derivatives/``).
+        fold: fold index 0, 1 or 2.
+        labeled_fraction: fraction of the training cases that keep their labels (0.05, 0.1, 0.2 in the paper);
+            rounded half up; ignored when ``labeled_count`` is given.
+        labeled_count: number of labeled training cases (overrides ``labeled_fraction``).
+        seed: seed for the labeled subset (and for generated folds).
+        modalities: input channels in order, from ``dwi``, ``adc``, ``flair``; DWI only by default.
+        splits: ``"auto"`` (published folds if the root holds all 250 published ids, else generated),
+            ``"published"``, ``"generated"``, or the path of a JSON file with ``train``/``val``/``test`` id lists.
+        label_mapping: ``None`` (masks must be {0, 1}), a name from :data:`LABEL_MAPPINGS` or a dict
+            ``{value: 0/1}``; values outside it are an error.
+        stratify: draw the labeled subset stratified by lesion volume (default) or uniformly at random.
+        affine_tolerance: largest allowed absolute difference between the DWI affine and another modality's or
+            the mask's.
+        check_data: also decompress every image (slow on a full dataset); by default images are checked by
+            header and size (truncation), masks of labeled / validation / test cases are always read.
+
+    Returns:
+        dict with ``training_labeled`` and ``validation`` / ``test`` entries ``{"image", "label", "case_id",
+        "lesion_free"}``, ``training_unlabeled`` entries ``{"image", "case_id"}`` (no label key, nothing derived
+        from the label), and ``meta`` (root, fold, split source, seed, counts). ``image`` is a path for one
+        modality and a list of paths (channel order = ``modalities``) for several; paths are absolute.
+
+    Raises:
+        DataError: layout problems, unreadable / truncated files, shape or affine mismatches, label values
+            outside the allowed set, an empty labeled set (subclass :class:`MissingFileError` for absent files).
+    """
+    root = Path(root).resolve()
+    mods = _modalities(modalities)
+    mapping = resolve_label_mapping(label_mapping)
+    cases = scan_isles22(root)
+    ids = sorted(cases)
+
+    published_ids = [r["case_id"] for r in published_splits(0)["metrics"]]
+    volumes: dict[str, float] | None = None
+    if isinstance(splits, (str, os.PathLike)) and str(splits) not in ("auto", "published", "generated"):
+        with open(splits, encoding="utf-8") as f:
+            split = {k: list(v) for k, v in json.load(f).items() if k in ("train", "val", "test")}
+        source = f"file:{Path(splits).resolve()}"
+    else:
+        use_published = splits == "published" or (splits == "auto" and set(published_ids) <= set(ids))
+        if splits not in ("auto", "published", "generated"):
+            raise ValueError(f"splits must be 'auto', 'published', 'generated' or a JSON path; got {splits!r}")
+        if use_published:
+            pub = published_splits(int(fold))
+            split = {k: list(pub[k]) for k in ("train", "val", "test")}
+            volumes = {r["case_id"]: float(r["volume"]) for r in pub["metrics"]}
+            source = "published"
+        else:
+            if fold not in range(NUM_FOLDS):
+                raise ValueError(f"fold must be 0, 1 or 2; got {fold!r}")
+            split = _generated_fold(ids, int(fold), int(seed))
+            source = "generated"
+    for key in ("train", "val", "test"):
+        missing = [c for c in split.get(key, []) if c not in cases]
+        if missing:
+            raise MissingFileError(
+                f"{len(missing)} case(s) of the {source} split's '{key}' set are not in {root / 'rawdata'}: "
+                f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; use splits='generated' for a "
+                "partial dataset",
+                case_id=missing[0],
+            )
+    train = list(split["train"])
+    if not train:
+        raise DataError(f"the {source} split of fold {fold} has no training case")
+
+    # every image the datalist will name: exists, readable, 3D, same grid as the DWI
+    used = sorted(set(train) | set(split["val"]) | set(split["test"]))
+    headers: dict[str, dict[str, nib.Nifti1Image]] = {}
+    for cid in used:
+        case = cases[cid]
+        for mod in ("dwi", *mods):
+            if mod not in case.images:
+                folder, suffix = MODALITIES[mod]
+                expected = root / "rawdata" / cid / case.session / folder / _expected_name(cid, case.session, suffix)
+                raise MissingFileError(f"case {cid} has no {mod} image: expected {expected}", cid, expected)
+        imgs = {mod: _load_checked(case.images[mod], cid, mod) for mod in dict.fromkeys(("dwi", *mods))}
+        ref = (case.images["dwi"], imgs["dwi"])
+        _spatial_shape(imgs["dwi"], case.images["dwi"], cid, "dwi")
+        for mod in mods:
+            if mod != "dwi":
+                _check_geometry(ref, (case.images[mod], imgs[mod]), cid, mod, affine_tolerance)
+        if check_data:
+            for mod, img in imgs.items():
+                try:
+                    np.asarray(img.dataobj)
+                except Exception as e:
+                    p = case.images[mod]
+                    raise DataError(f"unreadable {mod} of case {cid}: {p}: {type(e).__name__}: {e}", cid, p) from e
+        headers[cid] = imgs
+
+    def mask_facts(cid: str) -> bool:
+        """Read and check a mask that the datalist will expose; returns lesion_free."""
+        case = cases[cid]
+        if case.label is None:
+            expected = root / "derivatives" / cid / case.session / _expected_name(cid, case.session, _MASK_SUFFIX)
+            raise MissingFileError(f"case {cid} must be labeled but has no mask: expected {expected}", cid, expected)
+        _check_geometry(
+            (case.images["dwi"], headers[cid]["dwi"]),
+            (case.label, _load_checked(case.label, cid, "mask")),
+            cid,
+            "mask",
+            affine_tolerance,
+        )
+        return not bool(_read_mask(case.label, cid, mapping).any())
+
+    # labeled subset
+    n_lab = _labeled_count(len(train), labeled_fraction, labeled_count)
+    rng = np.random.default_rng([int(seed), int(fold)])
+    if volumes is None and stratify:
+        with_mask = [c for c in train if cases[c].label is not None]
+        if len(with_mask) < len(train):
+            logger.warning(
+                "%d of %d training cases have no mask; they can only be unlabeled",
+                len(train) - len(with_mask),
+                len(train),
+            )
+        # volumes read from the training masks: used only to choose the labeled subset (documented)
+        volumes = {c: float(_read_mask(cases[c].label, c, mapping).sum()) for c in with_mask}  # type: ignore[arg-type]
+        pool = with_mask
+    else:
+        pool = list(train)
+    if n_lab > len(pool):
+        raise DataError(
+            f"{n_lab} labeled cases requested but only {len(pool)} training cases of fold {fold} have a mask"
+        )
+    if stratify:
+        by_volume = sorted(pool, key=lambda c: (volumes.get(c, 0.0), c))  # type: ignore[union-attr]
+        labeled = _stratified_choice(by_volume, n_lab, rng)
+    else:
+        labeled = sorted(str(c) for c in rng.choice(sorted(pool), size=n_lab, replace=False))
+    unlabeled = sorted(set(train) - set(labeled))
+
+    def image_value(cid: str) -> str | list[str]:
+        paths = [str(cases[cid].images[m]) for m in mods]
+        return paths[0] if len(paths) == 1 else paths
+
+    def labeled_entry(cid: str) -> dict[str, Any]:
+        lesion_free = mask_facts(cid)
+        return {"image": image_value(cid), "label": str(cases[cid].label), "case_id": cid, "lesion_free": lesion_free}
+
+    datalist: dict[str, Any] = {
+        "training_labeled": [labeled_entry(c) for c in labeled],
+        "training_unlabeled": [{"image": image_value(c), "case_id": c} for c in unlabeled],
+        "validation": [labeled_entry(c) for c in sorted(split["val"])],
+        "test": [labeled_entry(c) for c in sorted(split["test"])],
+    }
+    datalist["meta"] = {
+        "root": str(root),
+        "fold": int(fold),
+        "split_source": source,
+        "seed": int(seed),
+        "labeled_fraction": None if labeled_count is not None else labeled_fraction,
+        "labeled_count": len(labeled),
+        "stratified_by_volume": bool(stratify),
+        "modalities": list(mods),
+        "label_mapping": None
+        if mapping is None
+        else ("nonzero" if not mapping else {str(k): v for k, v in mapping.items()}),
+        "counts": {k: len(v) for k, v in datalist.items() if isinstance(v, list)},
+    }
+    return datalist
+
+
+def save_datalist(datalist: Mapping[str, Any], path: PathLike) -> Path:
+    """Write a datalist as JSON atomically (temporary file in the same folder, then rename).
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(datalist, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_datalist(path: PathLike) -> dict[str, Any]:
+    """Read a datalist written by :func:`save_datalist`, checking its keys and that unlabeled entries carry no label."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as f:
+        d = json.load(f)
+    for key in ("training_labeled", "training_unlabeled", "validation", "test"):
+        if key not in d or not isinstance(d[key], list):
+            raise DataError(f"datalist {path} has no list '{key}'", path=path)
+    leaked = [e.get("case_id") for e in d["training_unlabeled"] if "label" in e]
+    if leaked:
+        raise DataError(f"datalist {path}: unlabeled entries must not have a 'label' key ({leaked[:3]})", path=path)
+    return d
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (see module docstring)."""
+    p = argparse.ArgumentParser(
+        prog="python -m dycon_monai.data.isles22",
+        description="Build a MONAI datalist (labeled / unlabeled / validation / test) from an ISLES'22 root.",
+    )
+    p.add_argument("--root", required=True, help="dataset root holding rawdata/ and derivatives/")
+    p.add_argument("--fold", type=int, default=0, help="fold 0, 1 or 2 (default 0)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--labeled-fraction", type=float, default=0.1, help="fraction of training cases labeled (0.1)")
+    g.add_argument("--labeled-count", type=int, default=None, help="number of labeled training cases")
+    p.add_argument("--seed", type=int, default=0, help="seed of the labeled subset and generated folds (0)")
+    p.add_argument(
+        "--modalities", nargs="+", default=["dwi"], help="channels from dwi, adc, flair (dwi); 'dwi adc' or 'dwi,adc'"
+    )
+    p.add_argument("--splits", default="auto", help="auto | published | generated | path/to/split.json")
+    p.add_argument("--label-mapping", default=None, help="name (e.g. brats_whole_tumor, nonzero) or JSON dict")
+    p.add_argument("--no-stratify", action="store_true", help="draw the labeled subset uniformly at random")
+    p.add_argument("--check-data", action="store_true", help="decompress every image to check it")
+    p.add_argument("--out", required=True, help="datalist JSON to write")
+    a = p.parse_args(argv)
+    mapping: LabelMapping = a.label_mapping
+    if mapping is not None and mapping.strip().startswith("{"):
+        mapping = {int(k): int(v) for k, v in json.loads(mapping).items()}
+    try:
+        d = isles22_datalist(
+            a.root,
+            fold=a.fold,
+            labeled_fraction=a.labeled_fraction,
+            labeled_count=a.labeled_count,
+            seed=a.seed,
+            modalities=",".join(a.modalities),
+            splits=a.splits,
+            label_mapping=mapping,
+            stratify=not a.no_stratify,
+            check_data=a.check_data,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = save_datalist(d, a.out)
+    c = d["meta"]["counts"]
+    print(
+        f"{out}: fold {a.fold} ({d['meta']['split_source']} split): {c['training_labeled']} labeled, "
+        f"{c['training_unlabeled']} unlabeled, {c['validation']} validation, {c['test']} test"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

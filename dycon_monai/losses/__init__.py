@@ -1,0 +1,15 @@
+"""DyCON losses as MONAI-style ``_Loss`` classes: UnCL (paper Eq. 1-2) and FeCL (paper Eq. 3-6)."""
+
+from __future__ import annotations
+
+from .fecl import FeCLLoss, patch_entropy, patchify_embeddings, patchify_labels
+from .uncl import UnCLLoss, uncl_voxel_terms
+
+__all__ = [
+    "FeCLLoss",
+    "UnCLLoss",
+    "patch_entropy",
+    "patchify_embeddings",
+    "patchify_labels",
+    "uncl_voxel_terms",
+]

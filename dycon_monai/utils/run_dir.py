@@ -1,0 +1,589 @@
+"""Run directories and the run-time checks of the ``dycon_isles`` bundle.
+
+Every function here is meant to be called from a bundle config expression (``"$dycon_monai.utils.run_dir..."``):
+
+- :func:`create_run_dir` gives every run a new output folder and refuses to reuse one that holds an earlier run's
+  outputs unless ``--overwrite true`` is given.
+- :func:`save_run_config` writes the merged config (every override applied), the seed and the resolved top-level
+  values into the run folder, so that a run can be repeated exactly.
+- :func:`check_overrides` stops a ``python -m monai.bundle run`` whose command line names a config key that the
+  bundle does not define (a typo would otherwise be added silently as a new, unused key).
+- :func:`check_dataset` stops at once, naming the expected ISLES'22 layout and the demo command, when the dataset
+  folder holds no readable data.
+- :func:`resolve_bundle_root` finds the bundle folder from the config file that is being run, so the bundle works
+  from the repository root as well as from inside the bundle.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import glob
+import hashlib
+import inspect
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "RUN_INFO_FILENAME",
+    "CONFIG_FILENAME",
+    "DatasetNotFoundError",
+    "as_bool",
+    "active_config",
+    "check_dataset",
+    "check_identical_across_ranks",
+    "check_overrides",
+    "create_run_dir",
+    "log_to_file",
+    "resolve_bundle_root",
+    "save_run_config",
+    "summarize_datalists",
+]
+
+logger = logging.getLogger(__name__)
+
+RUN_INFO_FILENAME = "run_info.json"
+CONFIG_FILENAME = "config.json"
+
+# named arguments of `python -m monai.bundle run`; everything else on its command line is a config override
+_RUN_ARGUMENTS = frozenset(
+    {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file"}
+)
+# keys that `--tracking mlflow` adds to the config (monai.bundle.utils.DEFAULT_MLFLOW_SETTINGS)
+_TRACKING_KEYS = frozenset(
+    {
+        "tracking_uri",
+        "experiment_name",
+        "run_name",
+        "save_execute_config",
+        "is_not_rank0",
+        "trainer",
+        "validator",
+        "evaluator",
+        "handlers_id",
+        "configs",
+    }
+)
+
+_ISLES22_LAYOUT = """\
+  <dataset_dir>/rawdata/sub-strokecase0001/ses-0001/dwi/sub-strokecase0001_ses-0001_dwi.nii.gz   (+ _adc, anat/_FLAIR)
+  <dataset_dir>/derivatives/sub-strokecase0001/ses-0001/sub-strokecase0001_ses-0001_msk.nii.gz"""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset folder given to the bundle holds no readable ISLES'22-layout data."""
+
+
+def as_bool(value: Any, name: str = "value") -> bool:
+    """Interpret a command-line flag value as a boolean.
+
+    ``python -m monai.bundle run --overwrite true`` passes the string ``"true"``; ``--overwrite True`` and a bare
+    ``--overwrite`` pass ``True``. All of them mean the same here.
+
+    Args:
+        value: a bool, an int 0/1, or one of the strings true/false, yes/no, on/off, 1/0 (any case).
+        name: the option's name, used in the error message.
+
+    Returns:
+        The boolean value.
+
+    Raises:
+        ValueError: for any other value.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0", "none", ""):
+            return False
+    if value is None:
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}.")
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _broadcast_from_rank0(payload: Any) -> Any:
+    """Return rank 0's ``payload`` on every rank (identity when not distributed)."""
+    _, world = _dist_rank_world()
+    if world == 1:
+        return payload
+    box = [payload]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _make_run_dir_local(output_dir: Path, name: str | None, prefix: str, overwrite: bool) -> Path:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not name:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        base = f"{prefix}_{stamp}"
+        for attempt in range(1, 1000):
+            candidate = output_dir / (base if attempt == 1 else f"{base}_{attempt}")
+            try:
+                candidate.mkdir(parents=False, exist_ok=False)  # atomic: two runs never share a folder
+                return candidate
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"Could not create a new run directory named {base}_N under {output_dir}.")
+
+    run_dir = output_dir / str(name)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"Run directory {run_dir} exists and is a file, not a folder. Choose another run_name.")
+    contents = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    if contents:
+        listing = ", ".join(contents[:8]) + (", ..." if len(contents) > 8 else "")
+        if not overwrite:
+            raise FileExistsError(
+                f"Run directory {run_dir} already holds the outputs of an earlier run ({listing}). "
+                "Refusing to overwrite them. Leave run_name unset to get a new time-stamped directory, "
+                "choose another --run_name, or pass --overwrite true to replace that run."
+            )
+        if RUN_INFO_FILENAME not in contents:
+            raise FileExistsError(
+                f"--overwrite true was given, but {run_dir} is not a run directory of this bundle "
+                f"(it has no {RUN_INFO_FILENAME}; it holds {listing}). Refusing to delete it; choose another "
+                "--run_name or --output_dir."
+            )
+        logger.warning("--overwrite true: removing the earlier run in %s", run_dir)
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def create_run_dir(
+    output_dir: str | os.PathLike,
+    name: str | None = None,
+    prefix: str = "run",
+    overwrite: bool | str = False,
+) -> str:
+    """Create the output folder of one run and return its absolute path.
+
+    Without ``name`` the folder is ``<output_dir>/<prefix>_<YYYYmmdd-HHMMSS>`` (``_2``, ``_3``... appended if that
+    exists), created atomically, so an earlier run is never touched. With ``name`` the folder is
+    ``<output_dir>/<name>``; if it already holds files the call refuses, unless ``overwrite`` is true, in which
+    case the earlier run (recognised by its ``run_info.json``) is deleted first.
+
+    Under ``torch.distributed`` rank 0 creates the folder and every rank returns the same path; an error on rank 0
+    is raised on every rank.
+
+    Args:
+        output_dir: parent folder of all runs (created if missing).
+        name: folder name of this run; ``None`` or ``""`` for a new time-stamped name.
+        prefix: first part of a time-stamped name, e.g. ``"train"`` or ``"eval"``.
+        overwrite: allow replacing an existing run of the same ``name`` (bool or "true"/"false").
+
+    Returns:
+        The absolute path of the new, empty run folder.
+
+    Raises:
+        FileExistsError: the named folder holds an earlier run and ``overwrite`` is false, or it is not a run
+            folder of this bundle.
+    """
+    overwrite = as_bool(overwrite, "overwrite")
+    name = None if name in (None, "", "None", "null") else str(name)
+    rank, _ = _dist_rank_world()
+    result: tuple[str, str]
+    if rank == 0:
+        try:
+            path = _make_run_dir_local(Path(output_dir).expanduser().absolute(), name, prefix, overwrite)
+            result = ("ok", str(path))
+        except Exception as err:  # handed to the other ranks so that none of them waits forever
+            result = ("error", f"{type(err).__name__}: {err}")
+            _broadcast_from_rank0(result)
+            raise
+    else:
+        result = ("", "")
+    status, value = _broadcast_from_rank0(result)
+    if status != "ok":
+        raise FileExistsError(f"rank 0 could not create the run directory: {value}")
+    logger.info("Run directory: %s", value)
+    return value
+
+
+def _frames_locals_self() -> list[Any]:
+    found = []
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            obj = frame.f_locals.get("self")
+            if obj is not None:
+                found.append(obj)
+            frame = frame.f_back
+    finally:
+        del frame
+    return found
+
+
+def _active_parser() -> Any | None:
+    from monai.bundle import ConfigParser
+
+    for obj in _frames_locals_self():
+        if isinstance(obj, ConfigParser):
+            return obj
+    return None
+
+
+def active_config() -> dict | None:
+    """The raw config (every file merged, every override applied) of the bundle being parsed right now.
+
+    Found by looking up the call stack for the ``monai.bundle.ConfigParser`` that evaluates the calling config
+    expression. Returns ``None`` when called outside a bundle config.
+    """
+    parser = _active_parser()
+    if parser is None:
+        return None
+    return parser.get()
+
+
+def _argv_config_files(argv: Sequence[str]) -> list[str]:
+    for i, token in enumerate(argv):
+        value = None
+        if token.startswith("--config_file=") or token.startswith("--config-file="):
+            value = token.split("=", 1)[1]
+        elif token in ("--config_file", "--config-file") and i + 1 < len(argv):
+            value = argv[i + 1]
+        if value is None:
+            continue
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value
+        if isinstance(parsed, str):
+            return [p for p in parsed.split(",") if p] if ("," in parsed and not os.path.isfile(parsed)) else [parsed]
+        return [str(p) for p in parsed]
+    return []
+
+
+def resolve_bundle_root(default: str = "bundles/dycon_isles") -> str:
+    """Absolute path of the bundle folder (the one holding ``configs/``) of the config being run.
+
+    Looked up, in order: the ``monai.bundle`` workflow that is running (its config folder's parent), the
+    ``--config_file`` on the command line, ``default`` relative to the working directory if it holds
+    ``configs/metadata.json``, and finally the working directory. ``--bundle_root DIR`` on the command line
+    replaces this value altogether.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    for obj in _frames_locals_self():
+        if isinstance(obj, ConfigWorkflow):
+            root = Path(obj.config_root_path)
+            root = root.parent if root.name == "configs" else root
+            return str(root.absolute())
+    files = _argv_config_files(sys.argv)
+    if files:
+        root = Path(files[0]).absolute().parent
+        root = root.parent if root.name == "configs" else root
+        return str(root)
+    if (Path(default) / "configs" / "metadata.json").is_file():
+        return str(Path(default).absolute())
+    return str(Path.cwd())
+
+
+def _override_keys(argv: Sequence[str]) -> tuple[list[str], list[str], dict]:
+    """Parse a ``monai.bundle run`` command line (fire syntax) into (override keys, config files, run args)."""
+    keys: list[str] = []
+    run_args: dict = {}
+    i = 2  # argv[0] is the module, argv[1] the command
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--") or token == "--":
+            i += 1
+            continue
+        body = token[2:]
+        if "=" in body:
+            key, value = body.split("=", 1)
+            i += 1
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            key, value = body, argv[i + 1]
+            i += 2
+        else:
+            key, value = body, "True"
+            i += 1
+        if key.replace("-", "_") in _RUN_ARGUMENTS:
+            run_args[key.replace("-", "_")] = value
+        else:
+            keys.append(key)
+    return keys, _argv_config_files(argv), run_args
+
+
+def _is_bundle_run(argv: Sequence[str]) -> bool:
+    if len(argv) < 2 or argv[1] != "run":
+        return False
+    main = Path(argv[0])
+    return main.name == "__main__.py" and main.parent.name == "bundle" and main.parent.parent.name == "monai"
+
+
+def check_overrides(argv: Sequence[str] | None = None) -> list[str]:
+    """Stop a ``python -m monai.bundle run`` whose command line names a config key the bundle does not define.
+
+    ``monai.bundle`` adds any unknown ``--key value`` to the config silently, so ``--max_iteration 10`` would train
+    for the default number of iterations. Here every ``--key`` must be an id defined in the config files given to
+    ``--config_file`` (ids may be nested, ``--train#trainer#amp true``); a new argument of an existing component
+    (its parent id is a dict) is allowed. Does nothing when the process was not started by
+    ``python -m monai.bundle run`` (e.g. MONAI Label, or a workflow built in Python).
+
+    Args:
+        argv: the command line, ``sys.argv`` by default.
+
+    Returns:
+        The override keys that were checked.
+
+    Raises:
+        ValueError: naming each unknown key, the closest defined keys and the defined top-level keys.
+    """
+    from monai.bundle import ConfigParser
+
+    argv = list(sys.argv if argv is None else argv)
+    if not _is_bundle_run(argv):
+        return []
+    keys, files, run_args = _override_keys(argv)
+    if "args_file" in run_args:
+        extra = ConfigParser.load_config_file(run_args["args_file"])
+        if "config_file" in extra and not files:
+            cf = extra["config_file"]
+            files = [cf] if isinstance(cf, str) else list(cf)
+        keys.extend(k for k in extra if k not in _RUN_ARGUMENTS)
+    if not files:
+        return keys
+    parser = ConfigParser(ConfigParser.load_config_files(files))
+    allowed_extra = _TRACKING_KEYS if "tracking" in run_args else frozenset()
+    top_level = sorted(k for k in parser.get() if not k.startswith("_"))
+    unknown = []
+    for raw_key in keys:
+        key = raw_key.lstrip("+").replace("::", "#")
+        if key in allowed_extra or key.startswith("_meta_") or key in parser:
+            continue
+        parent = key.rsplit("#", 1)[0] if "#" in key else None
+        if parent is not None and parent in parser and isinstance(parser[parent], dict):
+            continue
+        unknown.append(raw_key)
+    if unknown:
+        lines = []
+        for key in unknown:
+            near = difflib.get_close_matches(key.split("#")[0], top_level, n=3, cutoff=0.6)
+            hint = f" Did you mean {', '.join('--' + n for n in near)}?" if near else ""
+            lines.append(f"  --{key}: not defined in {', '.join(files)}.{hint}")
+        raise ValueError(
+            "Unknown config key(s) on the command line; monai.bundle would add them as new, unused keys:\n"
+            + "\n".join(lines)
+            + f"\nKeys this bundle defines: {', '.join(top_level)}.\n"
+            "Nested ids use '#', e.g. --train#trainer#amp true."
+        )
+    return keys
+
+
+def check_dataset(dataset_dir: str | os.PathLike | None, demo_command: str = "make demo") -> str:
+    """Check that ``dataset_dir`` holds ISLES'22-layout data and return its absolute path.
+
+    Looks for ``rawdata/sub-*/ses-*/**/*_dwi.nii[.gz]`` and ``derivatives/sub-*/ses-*/*_msk.nii[.gz]``. Reading
+    the images themselves (and reporting unreadable ones by name) is left to the data loader.
+
+    Args:
+        dataset_dir: the root folder given with ``--dataset_dir``.
+        demo_command: how to run the demo instead, shown in the error message.
+
+    Raises:
+        DatasetNotFoundError: the folder is missing or holds no DWI images or no masks; the message shows the
+            expected layout, how to pass the folder and how to run the demo on synthetic data.
+    """
+    if dataset_dir is None or str(dataset_dir).strip() == "":
+        problem = "no dataset_dir was given"
+    else:
+        root = Path(str(dataset_dir)).expanduser()
+        dwi = glob.glob(str(root / "rawdata" / "sub-*" / "ses-*" / "**" / "*_dwi.nii*"), recursive=True)
+        masks = glob.glob(str(root / "derivatives" / "sub-*" / "ses-*" / "**" / "*_msk.nii*"), recursive=True)
+        if not root.is_dir():
+            problem = f"dataset_dir '{dataset_dir}' does not exist or is not a folder"
+        elif not (root / "rawdata").is_dir():
+            problem = f"dataset_dir '{dataset_dir}' has no rawdata/ folder"
+        elif not dwi:
+            problem = f"dataset_dir '{dataset_dir}' has no DWI images (*_dwi.nii.gz) under rawdata/sub-*/ses-*/"
+        elif not masks:
+            problem = f"dataset_dir '{dataset_dir}' has no lesion masks (*_msk.nii.gz) under derivatives/sub-*/ses-*/"
+        else:
+            logger.info("Dataset %s: %d DWI images, %d masks", root, len(dwi), len(masks))
+            return str(root.absolute())
+    raise DatasetNotFoundError(
+        f"No readable ISLES'22 dataset: {problem}.\n"
+        f"Expected the layout of the ISLES'22 release:\n{_ISLES22_LAYOUT}\n"
+        "Pass its root with --dataset_dir DIR. To try the bundle without ISLES'22, run "
+        f"`{demo_command}` (it builds a synthetic cohort in this layout, trains on it and evaluates)."
+    )
+
+
+def summarize_datalists(**splits: Sequence[Mapping[str, Any]] | None) -> dict[str, int]:
+    """Log how many cases each split holds and stop if there is no labeled case.
+
+    Args:
+        splits: split name -> list of datalist items, e.g. ``labeled=@train#dataset#data``.
+
+    Returns:
+        Split name -> number of cases.
+
+    Raises:
+        ValueError: the ``labeled`` split is empty.
+    """
+    counts = {name: len(items) if items is not None else 0 for name, items in splits.items()}
+    logger.info("Cases per split: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if "labeled" in counts and counts["labeled"] == 0:
+        raise ValueError(
+            "The labeled training set is empty: raise --labeled_fraction or check the datalist (cases per split: "
+            f"{counts})."
+        )
+    return counts
+
+
+def _package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("monai", "numpy", "ignite", "nibabel", "dycon_monai"):
+        try:
+            module = __import__(name)
+            versions[name] = str(getattr(module, "__version__", "unknown"))
+        except ImportError:
+            continue
+    return versions
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def _write_json_atomic(path: Path, content: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(content), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def save_run_config(
+    run_dir: str | os.PathLike,
+    seed: int | None = None,
+    resolved: Mapping[str, Any] | None = None,
+    datalist: Mapping[str, Any] | None = None,
+) -> str:
+    """Save what is needed to repeat a run into its folder (rank 0 only under ``torch.distributed``).
+
+    Writes ``config.json`` (the bundle config with every file merged and every override applied, runnable with
+    ``python -m monai.bundle run --config_file <run_dir>/config.json``), ``run_info.json`` (seed, resolved values of
+    the main settings, command line, package versions, start time) and, if given, ``datalist.json``.
+
+    Args:
+        run_dir: the run's folder, from :func:`create_run_dir`.
+        seed: the random seed of the run.
+        resolved: the resolved values of the main settings (paths, method, sizes...), e.g.
+            ``{"dataset_dir": @dataset_dir, "method": @method}``.
+        datalist: the datalist the run trains and validates on.
+
+    Returns:
+        ``run_dir``, so that the call can be chained in a config expression.
+    """
+    rank, world = _dist_rank_world()
+    if rank != 0:
+        return str(run_dir)
+    folder = Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = active_config()
+    if config is not None:
+        _write_json_atomic(folder / CONFIG_FILENAME, config)
+    info = {
+        "seed": seed,
+        "resolved": dict(resolved or {}),
+        "command": list(sys.argv),
+        "cwd": str(Path.cwd()),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "world_size": world,
+        "versions": _package_versions(),
+        "config_file": CONFIG_FILENAME if config is not None else None,
+    }
+    _write_json_atomic(folder / RUN_INFO_FILENAME, info)
+    if datalist is not None:
+        _write_json_atomic(folder / "datalist.json", datalist)
+    logger.info("Saved the resolved config and seed %s to %s", seed, folder)
+    return str(run_dir)
+
+
+def log_to_file(run_dir: str | os.PathLike, filename: str = "log.txt", level: int = logging.INFO) -> str:
+    """Also write the log of this run to ``<run_dir>/<filename>`` (rank 0 only). Returns the file's path."""
+    path = Path(run_dir) / filename
+    rank, _ = _dist_rank_world()
+    if rank == 0:
+        handler = logging.FileHandler(path)
+        handler.setLevel(level)
+        handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+        logging.getLogger().addHandler(handler)
+    return str(path)
+
+
+def _module_digest(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_identical_across_ranks(
+    modules: Mapping[str, torch.nn.Module], run_dir: str | os.PathLike | None = None
+) -> dict[str, list[str]]:
+    """Check that each module has bit-identical weights on every ``torch.distributed`` rank.
+
+    Each rank hashes the module's ``state_dict``; the hashes are gathered and compared. Rank 0 writes them to
+    ``<run_dir>/distributed_check.json``.
+
+    Args:
+        modules: name -> module, e.g. ``{"teacher": @train#trainer.teacher_network}``.
+        run_dir: where rank 0 writes the result (optional).
+
+    Returns:
+        Name -> the hash on each rank.
+
+    Raises:
+        RuntimeError: a module differs between ranks.
+    """
+    rank, world = _dist_rank_world()
+    result: dict[str, list[str]] = {}
+    for name, module in modules.items():
+        inner = module.module if hasattr(module, "module") else module
+        local = _module_digest(inner)
+        gathered: list[Any] = [None] * world
+        if world > 1:
+            torch.distributed.all_gather_object(gathered, local)
+        else:
+            gathered = [local]
+        result[name] = [str(g) for g in gathered]
+    if rank == 0 and run_dir is not None:
+        _write_json_atomic(
+            Path(run_dir) / "distributed_check.json",
+            {name: {"identical": len(set(h)) == 1, "ranks": len(h), "sha256": h} for name, h in result.items()},
+        )
+    differing = [name for name, hashes in result.items() if len(set(hashes)) != 1]
+    if differing:
+        raise RuntimeError(f"Weights differ between ranks for: {', '.join(differing)} ({result}).")
+    logger.info("Weights identical on all %d ranks: %s", world, ", ".join(result))
+    return result
