@@ -32,3 +32,7 @@ bench: install
 # MONAI Label 0.8.5 in its own cached venv (about 8 GB; MONAILABEL_VENV overrides the place); see docs/monailabel.md
 monailabel-env:
 	bash scripts/monailabel_env.sh
+
+# Synthetic-data demo: build a cohort, train DyCON briefly on CPU via the bundle, evaluate, print metrics (docs/quickstart.md)
+demo: install
+	$(PYTHON) -m dycon_monai.demo --out $(DEMO_DIR)

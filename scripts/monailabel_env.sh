@@ -11,6 +11,7 @@
 #   MONAILABEL_PYTHON          interpreter used to create it (default: python3; must be CPython 3.9-3.12)
 #   MONAILABEL_TORCH           torch version (default: 2.14.1)
 #   MONAILABEL_TORCHVISION     torchvision version (default: 0.29.1, the release built against torch 2.14.1)
+#   MONAILABEL_MONAI           MONAI version in this venv (default: 1.5.2; see below why not 1.6)
 #   MONAILABEL_FORCE=1         rebuild from scratch even if the marker says the venv is complete
 #
 # Usage: bash scripts/monailabel_env.sh   (or: make monailabel-env)
@@ -21,11 +22,15 @@ VENV="${MONAILABEL_VENV:-$REPO_ROOT/.venv-monailabel}"
 PY="${MONAILABEL_PYTHON:-python3}"
 TORCH_VERSION="${MONAILABEL_TORCH:-2.14.1}"
 TORCHVISION_VERSION="${MONAILABEL_TORCHVISION:-0.29.1}"
+# MONAI >= 1.6.0 breaks MONAI Label 0.8.5 inference on NIfTI studies: its Spacingd updates every "image_*" entry of
+# the data dict as a metadata dict, and MONAI Label puts the string "image_path" there
+# (AttributeError: 'str' object has no attribute 'update'). 1.5.2 is the newest release without that.
+MONAI_VERSION="${MONAILABEL_MONAI:-1.5.2}"
 MONAILABEL_VERSION="0.8.5"
 # MONAI Label leaves its DICOM dependencies unpinned and they resolve to a set that does not import:
 # pydicom-seg needs pydicom < 3 while the newest dicomweb-client needs pydicom >= 3.
 DICOM_PINS=("pydicom<3" "dicomweb-client[gcp]==0.59.1" "pynetdicom<3")
-SPEC="monailabel==$MONAILABEL_VERSION torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION ${DICOM_PINS[*]}"
+SPEC="monailabel==$MONAILABEL_VERSION monai==$MONAI_VERSION torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION ${DICOM_PINS[*]}"
 MARKER="$VENV/.dycon-monailabel-complete"
 VPY="$VENV/bin/python"
 
@@ -61,9 +66,9 @@ fi
 log "creating $VENV with $("$PY" --version 2>&1)"
 "$PY" -m venv "$VENV"
 
-# Every later pip call keeps torch/torchvision and the DICOM set exactly where we put them, so no package can
+# Every later pip call keeps torch/torchvision, MONAI and the DICOM set exactly where we put them, so no package can
 # re-resolve torch to a newer (CUDA, multi-GB) release.
-printf '%s\n' "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" "${DICOM_PINS[@]}" \
+printf '%s\n' "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" "monai==$MONAI_VERSION" "${DICOM_PINS[@]}" \
     | sed 's/\[gcp\]//' >"$VENV/dycon-constraints.txt"
 PIP=("$VPY" -m pip install -q -c "$VENV/dycon-constraints.txt")
 # pip warns once per package about index locations that do not exist on this machine; keep the log readable
@@ -80,7 +85,7 @@ if "$VPY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)'; th
     SAM2_BUILD_CUDA=0 pip_install --no-build-isolation sam2
 fi
 
-log "installing monailabel==$MONAILABEL_VERSION and the DICOM pins"
+log "installing monailabel==$MONAILABEL_VERSION, monai==$MONAI_VERSION and the DICOM pins"
 pip_install "monailabel==$MONAILABEL_VERSION" "${DICOM_PINS[@]}"
 
 log "installing dycon_monai (editable) from $REPO_ROOT"

@@ -243,8 +243,9 @@ class MeanTeacherTrainer(SupervisedTrainer):
             least ``k`` voxels per axis.
         fecl_label_threshold: a patch is foreground when its mean label exceeds this.
         grad_clip_norm: clip the gradient norm to this value (``None`` = no clipping).
-        amp: automatic mixed precision with ``torch.autocast(device.type)`` (float16 and a ``GradScaler`` on CUDA,
-            bfloat16 on CPU unless ``amp_kwargs`` says otherwise); the losses are computed in float32.
+        amp: automatic mixed precision with ``torch.autocast(device.type)``: float16 with a ``GradScaler`` on CUDA.
+            On CPU it is ignored with a warning (float32) unless ``amp_kwargs`` names a ``dtype`` (e.g.
+            ``torch.bfloat16``). The losses are always computed in float32.
         on_nonfinite: ``"raise"`` or ``"skip"``.
         seed: base seed of the reproducible data streams and per-iteration randomness, or ``None``.
         ema_decay: decay of the EMA handler attached automatically (``None``: do not attach one).
@@ -451,8 +452,14 @@ class MeanTeacherTrainer(SupervisedTrainer):
         self.logger = logging.getLogger(type(self).__name__)
         device_type = self.state.device.type if self.state.device is not None else "cpu"
         self._device_type = device_type
-        if amp and not self.amp_kwargs and device_type == "cpu":
-            self.amp_kwargs = {"dtype": torch.bfloat16}
+        if amp and device_type == "cpu" and "dtype" not in self.amp_kwargs:
+            warnings.warn(
+                "amp=True on a CPU device: training runs in float32. CPU bfloat16 autocast gave nondeterministic losses "
+                "and occasional NaN gradients in 3D convolutions in our tests; pass amp_kwargs={'dtype': "
+                "torch.bfloat16} to use it anyway.",
+                stacklevel=2,
+            )
+            self.amp = amp = False
         self.scaler = torch.amp.GradScaler("cuda") if (amp and device_type == "cuda") else None
 
         # ---------------------------------------------------------------- state (checkpointed)
@@ -714,30 +721,23 @@ class MeanTeacherTrainer(SupervisedTrainer):
 
         # ------------------------------------------------------------ loss terms (float32)
         s_logits = logits.float()
-        zero = s_logits.new_zeros(())
-        loss_sup = engine.loss_function(s_logits[:n_l], targets).mean()
-        loss_uncl = loss_fecl = loss_cons = zero
-        if self.uncl_active:
-            if self.uncl_on == "all":
-                loss_uncl = self.uncl_loss(s_logits, t_logits)
-            else:
-                loss_uncl = self.uncl_loss(s_logits[n_l:], t_unl)
-        cons_w = 0.0
-        if self.consistency_active:
-            cons_w = self._consistency_ramp(it)
-            if self.consistency_on == "all":
-                s_c, t_c = s_logits, t_logits
-            else:
-                s_c, t_c = s_logits[n_l:], t_unl
-            loss_cons = F.mse_loss(torch.softmax(s_c, dim=1), torch.softmax(t_c, dim=1))
-        if self.fecl_active:
-            loss_fecl = self._fecl_term(x, s_logits, emb, t_unl, t_emb, targets, n_l)
-        total = (
-            loss_sup
-            + self.uncl_weight * loss_uncl
-            + self.fecl_weight * loss_fecl
-            + cons_w * loss_cons
+        cons_w = self._consistency_ramp(it) if self.consistency_active else 0.0
+        forward_bad = self._nonfinite_outputs(
+            {
+                "student_logits": s_logits,
+                "student_embeddings": emb,
+                "teacher_logits": t_logits,
+                "teacher_embeddings": t_emb,
+            }
         )
+        if forward_bad:  # the losses would only propagate (or, in FeCL's input checks, reject) the NaN
+            nan = s_logits.new_full((), float("nan"))
+            loss_sup = loss_uncl = loss_fecl = loss_cons = total = nan
+        else:
+            loss_sup, loss_uncl, loss_fecl, loss_cons = self._loss_terms(
+                x, s_logits, emb, t_logits, t_unl, t_emb, targets, n_l
+            )
+            total = loss_sup + self.uncl_weight * loss_uncl + self.fecl_weight * loss_fecl + cons_w * loss_cons
         beta = float(getattr(self.uncl_loss, "beta", 0.0)) if self.uncl_active else 0.0
         terms = {
             "loss_sup": loss_sup,
@@ -753,7 +753,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         values = {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
-        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+        bad = {**forward_bad, **{k: v for k, v in values.items() if not math.isfinite(v)}}
         grad_norm = float("nan")
         if bad:
             self._nonfinite(bad, labeled_ids, unlabeled_ids)
@@ -764,6 +764,48 @@ class MeanTeacherTrainer(SupervisedTrainer):
         state.loss_terms = {**values, "beta": beta, "consistency_weight": cons_w, "grad_norm": grad_norm}
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return state.output
+
+    @staticmethod
+    def _nonfinite_outputs(outputs: dict[str, torch.Tensor | None]) -> dict[str, float]:
+        """Network outputs holding NaN or inf, as ``{name: first bad value}``."""
+        bad = {}
+        for name, value in outputs.items():
+            if value is None:
+                continue
+            finite = torch.isfinite(value)
+            if not bool(finite.all()):
+                bad[name] = float(value[~finite].flatten()[0])
+        return bad
+
+    def _loss_terms(
+        self,
+        x: torch.Tensor,
+        s_logits: torch.Tensor,
+        emb: torch.Tensor | None,
+        t_logits: torch.Tensor | None,
+        t_unl: torch.Tensor | None,
+        t_emb: torch.Tensor | None,
+        targets: torch.Tensor,
+        n_l: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Unweighted ``(loss_sup, loss_uncl, loss_fecl, loss_consistency)``; terms that are off are 0."""
+        zero = s_logits.new_zeros(())
+        loss_sup = self.loss_function(s_logits[:n_l], targets).mean()
+        loss_uncl = loss_fecl = loss_cons = zero
+        if self.uncl_active:
+            if self.uncl_on == "all":
+                loss_uncl = self.uncl_loss(s_logits, t_logits)
+            else:
+                loss_uncl = self.uncl_loss(s_logits[n_l:], t_unl)
+        if self.consistency_active:
+            if self.consistency_on == "all":
+                s_c, t_c = s_logits, t_logits
+            else:
+                s_c, t_c = s_logits[n_l:], t_unl
+            loss_cons = F.mse_loss(torch.softmax(s_c, dim=1), torch.softmax(t_c, dim=1))
+        if self.fecl_active:
+            loss_fecl = self._fecl_term(x, s_logits, emb, t_unl, t_emb, targets, n_l)
+        return loss_sup, loss_uncl, loss_fecl, loss_cons
 
     def _fecl_term(
         self,

@@ -237,7 +237,7 @@ def _merge(points: list[tuple[int, float, float]]) -> tuple[np.ndarray, np.ndarr
     return steps, np.array([latest[s][1] for s in steps], dtype=np.float64)
 
 
-def _records_to_series(records: list[dict[str, Any]], origin: str) -> dict[str, list[tuple[int, float, float]]]:
+def _records_to_series(records: list[dict[str, Any]]) -> dict[str, list[tuple[int, float, float]]]:
     out: dict[str, list[tuple[int, float, float]]] = {}
     for i, rec in enumerate(records):
         step_key = next((k for k in _STEP_KEYS if k in rec), None)
@@ -283,14 +283,14 @@ def read_scalar_logs(run_dir: str | os.PathLike) -> dict[str, tuple[np.ndarray, 
                         continue
                     if isinstance(rec, dict):
                         records.append(rec)
-        for tag, pts in _records_to_series(records, str(f)).items():
+        for tag, pts in _records_to_series(records).items():
             series.setdefault(tag, []).extend(pts)
     for f in sorted(run_dir.rglob("*.csv")):
         with open(f, encoding="utf-8", newline="") as fh:
             reader = csv.DictReader(fh)
             if not reader.fieldnames or not any(k in reader.fieldnames for k in _STEP_KEYS):
                 continue
-            for tag, pts in _records_to_series(list(reader), str(f)).items():
+            for tag, pts in _records_to_series(list(reader)).items():
                 series.setdefault(tag, []).extend(pts)
     return {tag: _merge(points) for tag, points in series.items()}
 

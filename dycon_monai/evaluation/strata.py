@@ -160,7 +160,7 @@ def summarize_cases(
         "strata": {
             "definitions": {
                 "size_thresholds_ml": list(thresholds_ml),
-                "size_thresholds_voxels_at_2mm": list(SIZE_THRESHOLDS_VOXELS),
+                "size_thresholds_voxels_at_2mm": [round(t / 0.008) for t in thresholds_ml],
                 "size": "small < t0 <= medium < t1 <= large (true lesion volume, ml); lesion_free = 0",
                 "distribution": "single = 1, scattered > 1 true 26-connected lesions; lesion_free = 0",
             },

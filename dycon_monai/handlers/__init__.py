@@ -21,4 +21,3 @@ __all__ = [
     "ema_update_",
     "latest_checkpoint",
 ]
-

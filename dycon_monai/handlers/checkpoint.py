@@ -320,7 +320,9 @@ class AtomicCheckpointSaver:
         try:
             value = float(value)
         except (TypeError, ValueError):
-            self.logger.warning(f"key metric {name} is not a scalar ({type(value).__name__}); no best checkpoint saved.")
+            self.logger.warning(
+                f"key metric {name} is not a scalar ({type(value).__name__}); no best checkpoint saved."
+            )
             return
         if not math.isfinite(value):
             self.logger.warning(f"key metric {name}={value} is not finite; no best checkpoint saved.")

@@ -65,7 +65,9 @@ class ScheduleHandler:
         """Register on ``engine`` (``ITERATION_STARTED`` or ``EPOCH_STARTED``)."""
         self._obj = self._resolve(engine)
         if self._obj is None:
-            self.logger.info(f"{type(self).__name__}: {self.target!r} is not in use by this engine; nothing to schedule.")
+            self.logger.info(
+                f"{type(self).__name__}: {self.target!r} is not in use by this engine; nothing to schedule."
+            )
             return
         if not hasattr(self._obj, self.attribute):
             raise ValueError(

@@ -220,6 +220,8 @@ def _paper_kernel(
     zn_t = zn.transpose(1, 2)
     zt_t = ztn.transpose(1, 2) if ztn is not None else None
     n_other_all = (n_all - 1 - pos_count).to(dtype)  # other-class patches per anchor
+    plus_half = zn.new_tensor(0.5)
+    minus_half = zn.new_tensor(-0.5)
 
     for i0 in range(0, n_all, cfg.chunk_size):
         i1 = min(n_all, i0 + cfg.chunk_size)
@@ -229,21 +231,22 @@ def _paper_kernel(
         same = labels[:, i0:i1].unsqueeze(2) == labels.unsqueeze(1)  # (B, n, N), diagonal included
 
         cos = torch.bmm(zc, zn_t).clamp_(-1.0, 1.0)  # (B, n, N); clamping only removes rounding beyond +-1
-        # focal weights, no gradient (Eq. 4 on s01 = (cos + 1) / 2): (1 - s01)^gamma on same-class pairs,
-        # s01^gamma on other-class pairs, in one buffer
-        if cfg.gamma == 0:
-            weight = torch.ones_like(cos)
-        else:
-            weight = torch.where(same, -cos, cos).add_(1.0).mul_(0.5).pow_(cfg.gamma)
-        if pos_weight is not None:
-            weight = torch.where(same, weight * pos_weight.unsqueeze(1), weight)
+        # focal weights, no gradient (Eq. 4 on s01 = (cos + 1) / 2): s01^gamma on other-class pairs now, and
+        # (1 - s01)^gamma on same-class pairs further down, in one buffer: 0.5 -+ 0.5 cos, then ** gamma
+        weight = None
+        if cfg.gamma != 0:
+            half_sign = torch.where(same, minus_half, plus_half)
+            weight = torch.addcmul(plus_half, cos, half_sign).pow_(cfg.gamma)
+            del half_sign
         sim = cos.mul_(inv_tau)  # S_ij, reusing the cosine buffer
 
         # log of the weighted negative sum R_i (before hard negatives), by a masked log-sum-exp
         e_neg = sim.masked_fill(same, _NEG_INF)  # other-class pairs only
         m_neg = e_neg.amax(dim=2)
         m_neg = torch.where(torch.isfinite(m_neg), m_neg, torch.zeros_like(m_neg))
-        e_neg.sub_(m_neg.unsqueeze(2)).exp_().mul_(weight)  # F-_iq exp(S_iq - m_i), 0 on same-class pairs
+        e_neg.sub_(m_neg.unsqueeze(2)).exp_()  # exp(S_iq - m_i), 0 on same-class pairs
+        if weight is not None:
+            e_neg.mul_(weight)  # F-_iq exp(S_iq - m_i)
         log_r = m_neg + e_neg.sum(dim=2).log()  # -inf where there is no (weighted) negative
 
         if use_hn:
@@ -255,9 +258,14 @@ def _paper_kernel(
             log_hn = torch.where(k_i > 0, log_hn, torch.full_like(log_hn, _NEG_INF))
             log_r = torch.logaddexp(log_r, log_hn)
 
-        # the weight buffer now keeps F+ on positive pairs only
-        weight.masked_fill_(~same, 0.0)
+        # the weight buffer now becomes F+ on positive pairs only (same class, off the diagonal)
+        if weight is None:
+            weight = same.to(dtype)
+        else:
+            weight.masked_fill_(~same, 0.0)
         weight[:, rows, rows + i0] = 0.0
+        if pos_weight is not None:
+            weight.mul_(pos_weight.unsqueeze(1))  # exp(Hn_k) of the positive patch k
         del same
         # u = log R_i - S_ik; the per-pair loss is softplus(u), and 1 - sigma = sigmoid(u)
         u = torch.sub(log_r.unsqueeze(2), sim)

@@ -155,8 +155,8 @@ class DyCONNet(nn.Module):
     ``forward(x)`` returns the backbone's logits only, so inference, sliding-window evaluation, TorchScript export of
     ``net.backbone`` and MONAI Label see a plain segmentation network; ``forward_features(x)`` returns the logits and
     the FeCL embeddings ``(B, embedding_dim, *feature_spatial)`` computed by :class:`ProjectionHead` on the output of
-    the module named ``feature_layer`` (captured with a forward hook during the same forward pass, so the backbone
-    runs once).
+    the module named ``feature_layer`` (captured by a forward hook registered for that call only, so the backbone
+    runs once and carries no hook otherwise).
 
     Inference weights are ``net.backbone.state_dict()``: they load into the bare backbone (the bundle's
     ``network_def``) without the head.
@@ -214,13 +214,6 @@ class DyCONNet(nn.Module):
         self.embedding_dim = int(embedding_dim)
         self.spatial_dims = int(spatial_dims)
         self.head = ProjectionHead(spatial_dims, self.feature_channels, embedding_dim, **(head_kwargs or {}))
-        self._capture = False
-        self._features: torch.Tensor | None = None
-        modules[feature_layer].register_forward_hook(self._capture_hook)
-
-    def _capture_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        if self._capture:
-            self._features = output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Segmentation logits of the backbone, ``(B, C, *spatial)`` (identical to ``self.backbone(x)``)."""
@@ -229,6 +222,9 @@ class DyCONNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and FeCL embeddings from a single backbone pass.
 
+        The feature map is captured by a forward hook that exists only during this call, so the backbone stays a
+        plain module (``torch.jit.script(net.backbone)``, pickling and ``copy.deepcopy`` see no hook).
+
         Returns:
             ``(logits (B, C, *spatial), embeddings (B, embedding_dim, *feature_spatial))``.
 
@@ -236,12 +232,14 @@ class DyCONNet(nn.Module):
             RuntimeError: when the feature layer did not run during the forward pass.
             ValueError: when its output does not have ``feature_channels`` channels.
         """
-        self._capture, self._features = True, None
+        captured: list[torch.Tensor] = []
+        module = self.backbone.get_submodule(self.feature_layer)
+        handle = module.register_forward_hook(lambda _m, _a, out: captured.append(out))
         try:
             logits = self.backbone(x)
         finally:
-            self._capture = False
-        features, self._features = self._features, None
+            handle.remove()
+        features = captured[-1] if captured else None
         if features is None:
             raise RuntimeError(
                 f"DyCONNet feature layer '{self.feature_layer}' did not run in {type(self.backbone).__name__}.forward; "

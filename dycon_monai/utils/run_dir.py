@@ -7,7 +7,8 @@ Every function here is meant to be called from a bundle config expression (``"$d
 - :func:`save_run_config` writes the merged config (every override applied), the seed and the resolved top-level
   values into the run folder, so that a run can be repeated exactly.
 - :func:`check_overrides` stops a ``python -m monai.bundle run`` whose command line names a config key that the
-  bundle does not define (a typo would otherwise be added silently as a new, unused key).
+  bundle does not define (a typo would otherwise be added silently as a new, unused key), and makes such a run end
+  any error with a one-line summary of its root cause (:func:`install_error_summary`).
 - :func:`check_dataset` stops at once, naming the expected ISLES'22 layout and the demo command, when the dataset
   folder holds no readable data.
 - :func:`resolve_bundle_root` finds the bundle folder from the config file that is being run, so the bundle works
@@ -42,12 +43,16 @@ __all__ = [
     "active_config",
     "check_dataset",
     "check_identical_across_ranks",
+    "check_model_path",
     "check_overrides",
     "create_run_dir",
+    "find_images",
+    "install_error_summary",
     "log_to_file",
     "resolve_bundle_root",
     "save_run_config",
     "summarize_datalists",
+    "training_run_info",
 ]
 
 logger = logging.getLogger(__name__)
@@ -332,6 +337,38 @@ def _is_bundle_run(argv: Sequence[str]) -> bool:
     return main.name == "__main__.py" and main.parent.name == "bundle" and main.parent.parent.name == "monai"
 
 
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = {id(exc)}
+    while True:
+        nxt = exc.__cause__ or exc.__context__
+        if nxt is None or id(nxt) in seen:
+            return exc
+        seen.add(id(nxt))
+        exc = nxt
+
+
+def install_error_summary() -> None:
+    """End an uncaught error of this process with a one-line summary of its root cause.
+
+    MONAI wraps an error raised inside a config expression or a transform in ``RuntimeError("Failed to evaluate
+    ...")`` / ``RuntimeError("applying transform ...")``, so the last line of the traceback hides the actual message
+    (e.g. which file is unreadable). After the usual traceback this hook prints ``error: <type>: <message>`` of the
+    innermost exception. Installed once; exceptions stay typed for code that catches them.
+    """
+    previous = sys.excepthook
+    if getattr(previous, "_dycon_error_summary", False):
+        return
+
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+        previous(exc_type, exc, tb)
+        root = _root_cause(exc)
+        if root is not exc:
+            print(f"\nerror: {type(root).__name__}: {root}", file=sys.stderr)
+
+    hook._dycon_error_summary = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+
+
 def check_overrides(argv: Sequence[str] | None = None) -> list[str]:
     """Stop a ``python -m monai.bundle run`` whose command line names a config key the bundle does not define.
 
@@ -355,6 +392,8 @@ def check_overrides(argv: Sequence[str] | None = None) -> list[str]:
     argv = list(sys.argv if argv is None else argv)
     if not _is_bundle_run(argv):
         return []
+    if argv == list(sys.argv):  # the running process itself
+        install_error_summary()
     keys, files, run_args = _override_keys(argv)
     if "args_file" in run_args:
         extra = ConfigParser.load_config_file(run_args["args_file"])
@@ -452,6 +491,96 @@ def summarize_datalists(**splits: Sequence[Mapping[str, Any]] | None) -> dict[st
     return counts
 
 
+def find_images(
+    dataset_dir: str | os.PathLike | Sequence[str | os.PathLike], pattern: str = "**/*_dwi.nii*"
+) -> list[dict[str, str]]:
+    """The inference datalist ``[{"image": path}, ...]`` for new images.
+
+    Args:
+        dataset_dir: a folder (searched with ``pattern``), one image file, or a list of image files.
+        pattern: glob pattern below the folder; ``"**/*_dwi.nii*"`` finds the DWI of an ISLES'22-layout folder,
+            ``"*.nii.gz"`` every NIfTI file of a flat folder.
+
+    Raises:
+        FileNotFoundError: a listed file does not exist, or the folder holds no file matching ``pattern``.
+    """
+    if isinstance(dataset_dir, (list, tuple)):
+        files = [Path(str(f)).expanduser() for f in dataset_dir]
+    else:
+        root = Path(str(dataset_dir)).expanduser()
+        if root.is_file():
+            files = [root]
+        elif root.is_dir():
+            files = sorted(Path(f) for f in glob.glob(str(root / pattern), recursive=True) if Path(f).is_file())
+            if not files:
+                raise FileNotFoundError(
+                    f"No image matching '{pattern}' under {root}. Pass --image_pattern '*.nii.gz' for a flat folder "
+                    "of NIfTI files, or --dataset_dir with one image file."
+                )
+        else:
+            raise FileNotFoundError(
+                f"dataset_dir '{dataset_dir}' does not exist: pass a folder of images (--dataset_dir DIR "
+                "--image_pattern '*.nii.gz'), one image file, or a list of files."
+            )
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"Image file(s) not found: {', '.join(missing[:5])}.")
+    logger.info("Inference on %d image(s)", len(files))
+    return [{"image": str(f.absolute())} for f in files]
+
+
+def check_model_path(model_path: str | os.PathLike) -> str:
+    """Return ``model_path`` if it is a file, else stop with how to get one.
+
+    Raises:
+        FileNotFoundError: naming the path, and how to train a model or point ``--model_path`` at one.
+    """
+    path = Path(str(model_path)).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Model weights not found: {path}. Train first (python -m monai.bundle run --config_file "
+            "bundles/dycon_isles/configs/train.json --dataset_dir DIR), then pass --model_path "
+            "<run_dir>/models/model.pt, or copy that file to <bundle_root>/models/model.pt."
+        )
+    return str(path)
+
+
+def training_run_info(model_path: str | os.PathLike, **fallback: Any) -> dict[str, Any]:
+    """Describe the training run that produced ``model_path``, for the evaluation summary.
+
+    When ``model_path`` is ``<run_dir>/models/model.pt`` of a run made by this bundle, the method, labeled fraction,
+    fold and seed are read from that run's ``run_info.json``; otherwise (and for missing entries) ``fallback`` is used.
+
+    Returns:
+        ``{"method", "labeled_fraction", "labeled_count", "fold", "seed", "training_run", "model_path", ...}``.
+    """
+    info: dict[str, Any] = dict(fallback)
+    path = Path(str(model_path)).absolute()
+    run_info = path.parent.parent / RUN_INFO_FILENAME
+    info["model_path"] = str(path)
+    info["training_run"] = None
+    if run_info.is_file():
+        try:
+            resolved = json.loads(run_info.read_text())
+        except (OSError, ValueError):
+            resolved = {}
+        for key in (
+            "method",
+            "dataset",
+            "labeled_fraction",
+            "labeled_cases",
+            "unlabeled_cases",
+            "fold",
+            "seed",
+            "max_iterations",
+            "dataset_dir",
+        ):
+            if key in resolved:
+                info[key] = resolved[key]
+        info["training_run"] = str(run_info.parent)
+    return _jsonable(info)
+
+
 def _package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     for name in ("monai", "numpy", "ignite", "nibabel", "dycon_monai"):
@@ -490,8 +619,9 @@ def save_run_config(
     """Save what is needed to repeat a run into its folder (rank 0 only under ``torch.distributed``).
 
     Writes ``config.json`` (the bundle config with every file merged and every override applied, runnable with
-    ``python -m monai.bundle run --config_file <run_dir>/config.json``), ``run_info.json`` (seed, resolved values of
-    the main settings, command line, package versions, start time) and, if given, ``datalist.json``.
+    ``python -m monai.bundle run --config_file <run_dir>/config.json``), ``run_info.json`` (the resolved values of the
+    main settings at its top level, the seed, command line, package versions, start time) and, if given,
+    ``datalist.json``.
 
     Args:
         run_dir: the run's folder, from :func:`create_run_dir`.
@@ -512,8 +642,8 @@ def save_run_config(
     if config is not None:
         _write_json_atomic(folder / CONFIG_FILENAME, config)
     info = {
+        **dict(resolved or {}),
         "seed": seed,
-        "resolved": dict(resolved or {}),
         "command": list(sys.argv),
         "cwd": str(Path.cwd()),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

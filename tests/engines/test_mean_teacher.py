@@ -36,7 +36,9 @@ def test_loss_falls_and_every_term_is_on_the_output():
     trainer = make_trainer("dycon", max_epochs=5, lr=0.05)
     losses = record_losses(trainer)
     outputs = []
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(loss_terms_transform(e.state.output)))
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: outputs.append(loss_terms_transform(e.state.output))
+    )
     trainer.run()
     assert len(losses) == 10
     first = sum(r["loss"] for r in losses[:2]) / 2
@@ -229,7 +231,11 @@ def test_grad_clipping_bounds_the_update():
     trainer.add_event_handler(
         Events.ITERATION_COMPLETED,
         lambda e: seen.append(
-            float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in e.network.parameters() if p.grad is not None])))
+            float(
+                torch.linalg.vector_norm(
+                    torch.stack([p.grad.norm() for p in e.network.parameters() if p.grad is not None])
+                )
+            )
         ),
     )
     trainer.run()
@@ -260,12 +266,22 @@ def test_uncl_on_all_and_reference_fecl_run():
     assert torch.isfinite(torch.tensor(trainer.state.loss_terms["loss_fecl"]))
 
 
-def test_amp_on_cpu_runs_in_bfloat16():
-    trainer = make_trainer("dycon", max_epochs=1, amp=True)
+def test_amp_on_cpu_falls_back_to_float32_with_a_warning():
+    with pytest.warns(UserWarning, match="amp=True on a CPU device: training runs in float32"):
+        trainer = make_trainer("dycon", max_epochs=1, amp=True)
     dtypes = []
-    trainer.add_event_handler(
-        Events.ITERATION_COMPLETED, lambda e: dtypes.append(e.state.output[0]["pred"].dtype)
-    )
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: dtypes.append(e.state.output[0]["pred"].dtype))
     trainer.run()
-    assert trainer.scaler is None and dtypes[0] == torch.bfloat16
-    assert all(torch.isfinite(torch.tensor(v)) for v in trainer.state.loss_terms.values())
+    assert trainer.amp is False and trainer.scaler is None and dtypes == [torch.float32, torch.float32]
+
+
+def test_nan_in_an_unlabeled_image_is_reported_with_its_case():
+    lab, _ = make_loaders()
+    cases = make_cases(2, False, 1, prefix="unl")
+    cases[1]["image"][0, 3, 3, 3] = float("nan")
+    unl = DataLoader(Dataset(cases), batch_size=2)
+    trainer = make_trainer("dycon", max_epochs=1, loaders=(lab, unl))
+    with pytest.raises(
+        NonFiniteLossError, match=r"iteration 1 .*student_logits=nan.*unlabeled cases \['unl00', 'unl01'\]"
+    ):
+        trainer.run()

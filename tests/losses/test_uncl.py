@@ -93,6 +93,21 @@ def test_logit_gradient_is_eq2_through_the_softmax_jacobian():
     torch.testing.assert_close(s.grad, expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("distance", ["mse", "kl"])
+@pytest.mark.parametrize("beta", [0.0, 0.6, 2.0])
+def test_hand_written_backward_matches_autograd(distance, beta):
+    torch.manual_seed(4)
+    s = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    upstream = torch.randn(2, 4, 5, dtype=torch.float64)
+    (got,) = torch.autograd.grad(UnCLLoss(beta=beta, distance=distance, reduction="none")(s, t), s, upstream)
+    log_ps, log_pt = torch.log_softmax(s, 1), torch.log_softmax(t, 1)
+    per_voxel = uncl_voxel_terms(log_ps.exp(), log_ps, log_pt.exp(), log_pt, beta, distance)
+    (expected,) = torch.autograd.grad(per_voxel, s, upstream)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: UnCLLoss(beta=beta, distance=distance)(x, t), (s,))
+
+
 def test_no_gradient_reaches_the_teacher():
     s = torch.randn(2, 2, 3, 3, 3, requires_grad=True)
     t = torch.randn(2, 2, 3, 3, 3, requires_grad=True)

@@ -216,6 +216,40 @@ def _bundle_parser():
     return parser
 
 
+# A one-epoch /train in seconds: same network_def (so models/model.pt keeps loading), two iterations, small patches,
+# no caching or worker processes. Top-level keys of train.json, applied to the app's copy of the bundle only.
+TINY_TRAINING = {
+    "max_iterations": 2,
+    "val_interval": 2,
+    "batch_size": 2,
+    "patch_size": [32, 32, 32],
+    "fecl_grid_size": 4,
+    "fecl_top_k": 4,
+    "embedding_dim": 16,
+    "num_workers": 0,
+    "cache_rate": 0.0,
+    "sw_batch_size": 1,
+    "sw_overlap": 0.25,
+    "progress_bar": False,
+    "checkpoint_interval": 2,
+}
+
+
+def _shrink_training(bundle: Path) -> None:
+    """Rewrite <bundle>/configs/train.json with TINY_TRAINING (MONAI Label's BundleTrainTask reads that one file)."""
+    from monai.bundle import ConfigParser
+
+    path = bundle / "configs" / "train.json"
+    if not path.is_file():
+        return
+    parser = ConfigParser()
+    parser.read_config(str(path))
+    for key, value in TINY_TRAINING.items():
+        if key in parser.config:
+            parser[key] = value
+    ConfigParser.export_config_file(parser.config, str(path), indent=2)
+
+
 def _local_scores(weights: Path, studies: dict[str, Path]) -> dict[str, float]:
     """The studies' mean voxel entropy computed here from the bundle's pre-processing, inferer and weights."""
     import torch
@@ -249,6 +283,7 @@ def served(tmp_path_factory):
     torch.save(_bundle_parser().get_parsed_content("network_def", instantiate=True).state_dict(), weights)
 
     app = prepare_app(work / "app", BUNDLE, model_name=MODEL, sample_app=find_sample_app(prefix=venv), weights=weights)
+    _shrink_training(app / "model" / MODEL)
 
     # studies: images only, one NIfTI per study, as a clinician's folder would hold them
     cohort = make_synthetic_cohort(work / "cohort", cases=N_STUDIES, seed=3, spacing=6.0)

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from monai.networks.nets import BasicUNet, DynUNet, UNet, VNet
+
+from dycon_monai.networks import (
+    DyCONNet,
+    ProjectionHead,
+    check_feature_grid,
+    default_feature_layer,
+    infer_feature_channels,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _unet():
+    return UNet(3, 1, 2, channels=(4, 8, 16, 32), strides=(2, 2, 2), num_res_units=1)
+
+
+def _basic():
+    return BasicUNet(3, 1, 2, features=(4, 4, 8, 16, 32, 4))
+
+
+def test_projection_head_shapes_and_errors():
+    head = ProjectionHead(3, 4, embedding_dim=16)
+    assert head(torch.randn(2, 4, 6, 6, 6)).shape == (2, 16, 6, 6, 6)
+    with pytest.raises(ValueError, match=r"expects features of shape \(B, 4, \*spatial\).*\(2, 5, 6, 6, 6\)"):
+        head(torch.randn(2, 5, 6, 6, 6))
+    with pytest.raises(ValueError, match="embedding_dim must be a positive integer"):
+        ProjectionHead(3, 4, embedding_dim=0)
+
+
+@pytest.mark.parametrize("make, size", [(_unet, 16), (_basic, 32)], ids=["UNet", "BasicUNet"])
+def test_forward_is_the_backbone_and_features_come_from_the_same_pass(make, size):
+    net = DyCONNet(make(), embedding_dim=16)
+    net.eval()
+    x = torch.randn(2, 1, size, size, size)
+    logits = net(x)
+    torch.testing.assert_close(logits, net.backbone(x), rtol=0, atol=0)
+    logits2, emb = net.forward_features(x)
+    torch.testing.assert_close(logits2, logits, rtol=0, atol=0)
+    assert emb.shape == (2, 16, size // 2, size // 2, size // 2)  # default feature layer: half resolution
+    assert not any(m._forward_hooks for m in net.backbone.modules())  # the hook lives only during the call
+
+
+def test_default_feature_layers():
+    unet = _unet()
+    assert default_feature_layer(unet).name == "model.1.submodule.2"
+    assert default_feature_layer(unet).channels == 4 and default_feature_layer(unet).downsample == 2
+    level2 = default_feature_layer(unet, level=2)
+    assert (level2.name, level2.channels, level2.downsample) == ("model.1.submodule.1.submodule.2", 8, 4)
+    with pytest.raises(ValueError, match="decoder levels 1..2"):
+        default_feature_layer(unet, level=3)
+    assert default_feature_layer(_basic()).name == "upcat_2"
+    vnet = default_feature_layer(VNet(3, 1, 2))
+    assert (vnet.name, vnet.channels, vnet.downsample) == ("up_tr64", 64, 2)
+    dyn = DynUNet(3, 1, 2, kernel_size=(3, 3, 3), strides=(1, 2, 2), upsample_kernel_size=(2, 2))
+    with pytest.raises(TypeError, match="no default feature layer for DynUNet"):
+        default_feature_layer(dyn)
+
+
+def test_feature_maps_match_their_declared_size():
+    x = torch.randn(1, 1, 32, 32, 32)
+    for make, level in ((_unet, 1), (_unet, 2), (_basic, 1), (_basic, 2)):
+        backbone = make()
+        layer = default_feature_layer(backbone, level)
+        net = DyCONNet(backbone, layer.name, layer.channels, embedding_dim=8)
+        _, emb = net.forward_features(x)
+        assert emb.shape[2:] == (32 // layer.downsample,) * 3
+
+
+def test_explicit_layer_of_another_backbone_and_errors():
+    dyn = DynUNet(3, 1, 2, kernel_size=(3, 3, 3), strides=(1, 2, 2), upsample_kernel_size=(2, 2), filters=(4, 8, 16))
+    name = "upsamples.0"
+    net = DyCONNet(dyn, name, embedding_dim=8)  # channels inferred from the block's last convolution
+    assert net.feature_channels == infer_feature_channels(dict(dyn.named_modules())[name]) == 8
+    _, emb = net.forward_features(torch.randn(1, 1, 16, 16, 16))
+    assert emb.shape == (1, 8, 8, 8, 8)
+    with pytest.raises(ValueError, match="feature_layer 'model.9' is not a module of UNet"):
+        DyCONNet(_unet(), "model.9", 4)
+    wrong = DyCONNet(_unet(), "model.1.submodule.2", 5, embedding_dim=8)
+    with pytest.raises(ValueError, match="outputs 4 channels .* but feature_channels=5; pass feature_channels=4"):
+        wrong.forward_features(torch.randn(1, 1, 16, 16, 16))
+
+
+def test_check_feature_grid_message():
+    check_feature_grid((2, 16, 16, 16, 16), 16)
+    with pytest.raises(
+        ValueError, match=r"FeCL grid 16\^3 .* layer 'L' gives \(8, 8, 8\) for input patches \(16, 16, 16\)"
+    ):
+        check_feature_grid((2, 16, 8, 8, 8), 16, "L", (2, 1, 16, 16, 16))
+
+
+def test_teacher_copy_captures_its_own_features():
+    net = DyCONNet(_unet(), embedding_dim=8)
+    teacher = copy.deepcopy(net)
+    with torch.no_grad():
+        for p in teacher.head.parameters():
+            p.add_(1.0)
+    net.eval()
+    teacher.eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    _, e_s = net.forward_features(x)
+    _, e_t = teacher.forward_features(x)
+    assert not torch.allclose(e_s, e_t)
+    _, e_s2 = net.forward_features(x)
+    torch.testing.assert_close(e_s, e_s2)
+
+
+@pytest.mark.filterwarnings("ignore:Converting a tensor to a Python boolean")
+def test_torchscript_export_and_inference_weights_load_into_bare_backbone(tmp_path):
+    net = DyCONNet(_unet(), embedding_dim=8)
+    net.eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    net.forward_features(x)
+    scripted = torch.jit.script(net.backbone)
+    torch.testing.assert_close(scripted(x), net(x))
+    traced = torch.jit.trace(net, x)  # the wrapper traces as a plain segmentation net
+    torch.testing.assert_close(traced(x), net(x))
+    torch.save(net.backbone.state_dict(), tmp_path / "model.pt")
+    bare = _unet()
+    bare.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    bare.eval()
+    torch.testing.assert_close(bare(x), net(x))
