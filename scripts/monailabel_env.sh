@@ -41,7 +41,8 @@ log() { printf '[monailabel-env %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 package_hash() { cat "$REPO_ROOT/setup.cfg" "$REPO_ROOT/pyproject.toml" 2>/dev/null | sha256sum | cut -d' ' -f1; }
 ensure_dycon() {
     local where
-    where="$("$VPY" -c 'import os, dycon_monai; print(os.path.dirname(os.path.dirname(os.path.abspath(dycon_monai.__file__))))' 2>/dev/null || true)"
+    # run from / so that a dycon_monai folder in the current directory does not answer for the installed one
+    where="$(cd / && "$VPY" -c 'import os, dycon_monai; print(os.path.dirname(os.path.dirname(os.path.abspath(dycon_monai.__file__))))' 2>/dev/null || true)"
     if [[ "$where" != "$REPO_ROOT" || "$(cat "$VENV/.dycon-package-hash" 2>/dev/null)" != "$(package_hash)" ]]; then
         log "installing dycon_monai from $REPO_ROOT (was: ${where:-not installed})"
         "$VPY" -m pip install -q -c "$VENV/dycon-constraints.txt" -e "$REPO_ROOT" \
@@ -51,9 +52,9 @@ ensure_dycon() {
 }
 
 if [[ "${MONAILABEL_FORCE:-0}" != "1" && -f "$MARKER" && "$(cat "$MARKER")" == "$SPEC" ]] \
-    && "$VPY" -c "import monailabel, torchvision" >/dev/null 2>&1; then
+    && (cd / && "$VPY" -c "import monailabel, torchvision") >/dev/null 2>&1; then
     ensure_dycon
-    "$VPY" -c "import monailabel, dycon_monai" >/dev/null
+    (cd / && "$VPY" -c "import monailabel, dycon_monai") >/dev/null
     log "already complete: $VENV ($SPEC)"
     exit 0
 fi
@@ -93,6 +94,7 @@ pip_install -e "$REPO_ROOT"
 package_hash >"$VENV/.dycon-package-hash"
 
 log "checking imports"
+cd /  # import the installed dycon_monai, not a folder in the current directory
 "$VPY" - <<'EOF'
 import monai
 import monailabel

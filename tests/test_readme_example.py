@@ -20,10 +20,12 @@ def _example_source() -> tuple[Path, str]:
         if HEADING not in (line.strip() for line in lines):
             continue
         start = [line.strip() for line in lines].index(HEADING) + 1
-        section = []
+        section, in_fence = [], False
         for line in lines[start:]:
-            if re.match(r"^#{1,2} ", line):
-                break
+            if line.lstrip().startswith("```"):
+                in_fence = not in_fence
+            elif not in_fence and re.match(r"^#{1,2} ", line):
+                break  # the next section (headings inside code blocks are comments, not headings)
             section.append(line)
         match = re.search(r"```python\n(.*?)```", "\n".join(section) + "\n", flags=re.S)
         if match is None:

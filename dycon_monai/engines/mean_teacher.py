@@ -29,7 +29,7 @@ from torch import nn
 from torch.optim.optimizer import Optimizer
 
 from dycon_monai.losses import FeCLLoss, UnCLLoss, patch_entropy, patchify_embeddings, patchify_labels
-from dycon_monai.networks.dycon_net import check_feature_grid
+from dycon_monai.networks.dycon_net import check_feature_grid, unwrap_module
 from dycon_monai.utils.schedules import sigmoid_rampup
 
 __all__ = [
@@ -202,8 +202,10 @@ class MeanTeacherTrainer(SupervisedTrainer):
 
     ``engine.state.output`` holds ``"image"``, ``"label"``, ``"pred"`` (labeled part) and the scalars
     ``"loss"`` (total), ``"loss_sup"``, ``"loss_uncl"``, ``"loss_fecl"``, ``"loss_consistency"`` (unweighted;
-    0 when off), ``"beta"`` (UnCL's beta, 0 when off), ``"consistency_weight"`` (ramped) and ``"grad_norm"``; the same
-    floats are in ``engine.state.loss_terms``. Log them with ``StatsHandler(output_transform=loss_terms_transform)``.
+    0 when off), ``"beta"`` (UnCL's beta, 0 when off), ``"consistency_weight"`` (ramped) and ``"grad_norm"`` (before
+    clipping; NaN when the step was skipped). With ``decollate=True`` (MONAI's default) the output is the list of
+    per-sample dicts, each carrying the scalars; :func:`loss_terms_transform` reads either form, and the same floats
+    are in ``engine.state.loss_terms``. Log them with ``StatsHandler(output_transform=loss_terms_transform)``.
 
     Non-finite losses: with ``on_nonfinite="raise"`` (default) a :class:`NonFiniteLossError` names the iteration, the
     offending terms and the labeled and unlabeled case ids; with ``"skip"`` the optimiser step (and the EMA update) is
@@ -220,7 +222,9 @@ class MeanTeacherTrainer(SupervisedTrainer):
         device: torch device.
         max_epochs: number of epochs (total iterations = ``max_epochs * epoch_length``).
         train_data_loader: labeled loader (batches with ``"image"``, ``"label"``; ``"case_id"`` for messages).
-        network: the student, a :class:`~dycon_monai.networks.DyCONNet` (any segmentation net if FeCL is off).
+        network: the student, a :class:`~dycon_monai.networks.DyCONNet` (any segmentation net if FeCL is off), possibly
+            wrapped in ``DistributedDataParallel`` (the embedding pass goes through ``network(x, with_embeddings=True)``;
+            with FeCL off the head gets no gradient, so DDP needs ``find_unused_parameters=True`` then).
         optimizer: optimiser over ``network.parameters()`` (backbone and head).
         loss_function: supervised loss on labeled logits, e.g. ``monai.losses.DiceCELoss(to_onehot_y=True,
             softmax=True)``.
@@ -289,8 +293,9 @@ class MeanTeacherTrainer(SupervisedTrainer):
                                      save_key_metric=True, key_metric_filename="model.pt")
         best.attach(evaluator)
         ValidationHandler(validator=evaluator, interval=1, epoch_level=True).attach(trainer)
+        # epoch-level and attached after validation, so a checkpoint includes that epoch's best-model tracking
         AtomicCheckpointSaver("runs/x/checkpoints", checkpoint_dict(trainer, best_saver=best),
-                              save_interval=100).attach(trainer)
+                              save_interval=1, epoch_level=True).attach(trainer)
         last = latest_checkpoint("runs/x/checkpoints")
         if last is not None:                                   # resume
             checkpoint_loader(last, trainer, best_saver=best).attach(trainer)
@@ -394,7 +399,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
             self.uncl_loss = None
         if not self.fecl_active:
             self.fecl_loss = None
-        if self.fecl_active and not callable(getattr(network, "forward_features", None)):
+        if self.fecl_active and not callable(getattr(unwrap_module(network), "forward_features", None)):
             raise TypeError(
                 f"FeCL (fecl_weight={fecl_weight}) needs embeddings: network must be a DyCONNet (with forward_features), "
                 f"got {type(network).__name__}. Wrap the backbone: DyCONNet(backbone, feature_layer, feature_channels)."
@@ -418,7 +423,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
         )
         if self.semi_supervised:
             if teacher_network is None:
-                teacher_network = copy.deepcopy(network)
+                teacher_network = copy.deepcopy(unwrap_module(network))
             teacher_network.requires_grad_(False)
         self.teacher_network = teacher_network if self.semi_supervised else None
         if self.fecl_active:
@@ -483,7 +488,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
     # ==================================================================== setup helpers
     @staticmethod
     def _check_head_in_optimizer(network: nn.Module, optimizer: Optimizer) -> None:
-        head = getattr(network, "head", None)
+        head = getattr(unwrap_module(network), "head", None)
         if head is None:
             return
         in_opt = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -622,12 +627,12 @@ class MeanTeacherTrainer(SupervisedTrainer):
     def _consistency_ramp(self, iteration: int) -> float:
         return self.consistency_weight * sigmoid_rampup(max(iteration - 1, 0), self.consistency_rampup)
 
-    def _nonfinite(self, bad: dict[str, float], labeled_ids: list, unlabeled_ids: list) -> None:
+    def _nonfinite(self, bad: dict[str, float], labeled_ids: list, unlabeled_ids: list, detail: str = "") -> None:
         it = self.state.iteration
         terms = ", ".join(f"{k}={v}" for k, v in bad.items())
         msg = (
             f"non-finite loss at iteration {it} (epoch {self.state.epoch}): {terms}; labeled cases {labeled_ids}, "
-            f"unlabeled cases {unlabeled_ids}."
+            f"unlabeled cases {unlabeled_ids}.{detail}"
         )
         if self.on_nonfinite == "raise":
             raise NonFiniteLossError(
@@ -696,7 +701,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
         emb = None
         with self._autocast():
             if self.fecl_active:
-                logits, emb = engine.network.forward_features(x)
+                logits, emb = engine.network(x, with_embeddings=True)
             else:
                 logits = engine.network(x)
         state.output[Keys.PRED] = logits[:n_l]
@@ -711,7 +716,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
                 t_in = self._perturb(x if self._teacher_on_all else x[n_l:])
                 with self._autocast():
                     if self._fecl_uses_teacher:
-                        t_logits, t_emb = teacher.forward_features(t_in)
+                        t_logits, t_emb = teacher(t_in, with_embeddings=True)
                     else:
                         t_logits = teacher(t_in)
             t_logits = t_logits.float()
@@ -722,6 +727,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
         # ------------------------------------------------------------ loss terms (float32)
         s_logits = logits.float()
         cons_w = self._consistency_ramp(it) if self.consistency_active else 0.0
+        forward_detail = ""
         forward_bad = self._nonfinite_outputs(
             {
                 "student_logits": s_logits,
@@ -731,6 +737,12 @@ class MeanTeacherTrainer(SupervisedTrainer):
             }
         )
         if forward_bad:  # the losses would only propagate (or, in FeCL's input checks, reject) the NaN
+            finite_images = torch.isfinite(x.detach()).flatten(1).all(dim=1).tolist()
+            all_ids = list(labeled_ids) + list(unlabeled_ids)
+            bad_images = [all_ids[i] if i < len(all_ids) else i for i, ok in enumerate(finite_images) if not ok]
+            if bad_images:
+                forward_bad = {"image": float("nan"), **forward_bad}
+                forward_detail = f" Non-finite voxels in the input images of cases {bad_images}."
             nan = s_logits.new_full((), float("nan"))
             loss_sup = loss_uncl = loss_fecl = loss_cons = total = nan
         else:
@@ -752,11 +764,14 @@ class MeanTeacherTrainer(SupervisedTrainer):
         state.output["consistency_weight"] = torch.tensor(cons_w)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
-        values = {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
-        bad = {**forward_bad, **{k: v for k, v in values.items() if not math.isfinite(v)}}
+        names = ["loss", *terms]
+        stacked = torch.stack([total.detach(), *(v.detach() for v in terms.values())]).float().cpu().tolist()
+        values = dict(zip(names, stacked))  # one device sync for all terms
+        # when the forward pass is already non-finite, the loss terms were not computed: report the outputs
+        bad = forward_bad or {k: v for k, v in values.items() if not math.isfinite(v)}
         grad_norm = float("nan")
         if bad:
-            self._nonfinite(bad, labeled_ids, unlabeled_ids)
+            self._nonfinite(bad, labeled_ids, unlabeled_ids, forward_detail)
             engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         else:
             grad_norm = self._backward_and_step(engine, total, labeled_ids, unlabeled_ids)
@@ -772,6 +787,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
         for name, value in outputs.items():
             if value is None:
                 continue
+            value = value.detach()
             finite = torch.isfinite(value)
             if not bool(finite.all()):
                 bad[name] = float(value[~finite].flatten()[0])
@@ -818,7 +834,9 @@ class MeanTeacherTrainer(SupervisedTrainer):
         n_l: int,
     ) -> torch.Tensor:
         g = self.fecl_grid_size
-        check_feature_grid(emb.shape, g, getattr(self.network, "feature_layer", "feature layer"), x.shape)
+        check_feature_grid(
+            emb.shape, g, getattr(unwrap_module(self.network), "feature_layer", "feature layer"), x.shape
+        )
         if s_logits.shape[1] > 2:
             raise ValueError(
                 f"FeCL patch labels are binary (foreground when the mean label > {self.fecl_label_threshold}); the "
@@ -852,7 +870,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
         if self.grad_clip_norm is not None:
             norm = float(torch.nn.utils.clip_grad_norm_(params, self.grad_clip_norm))
         elif grads:
-            norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+            norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float()))
         else:
             norm = 0.0
         if self.scaler is not None:

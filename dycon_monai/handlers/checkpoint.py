@@ -24,6 +24,8 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 from torch import nn
 
+from dycon_monai.networks.dycon_net import unwrap_module
+
 __all__ = [
     "AtomicCheckpointSaver",
     "atomic_torch_save",
@@ -96,7 +98,7 @@ def checkpoint_dict(trainer: Any, lr_scheduler: Any = None, **extra: Any) -> dic
         lr_scheduler: optional learning-rate scheduler.
         extra: more objects with ``state_dict``/``load_state_dict``.
     """
-    network = trainer.network
+    network = unwrap_module(trainer.network)
     out: dict[str, Any] = {}
     if hasattr(network, "backbone") and hasattr(network, "head"):
         out["network"] = network.backbone
@@ -306,7 +308,11 @@ class AtomicCheckpointSaver:
     def completed(self, engine: Engine) -> None:
         """Save the final checkpoint."""
         name = self.final_filename or f"{self.file_prefix}_final_iteration={engine.state.iteration}.pt"
-        self.save(name)
+        path = self.save(name)
+        if self.final_filename is None:  # keep one final checkpoint (a resumed run writes a newer one)
+            for old in self.save_dir.glob(f"{self.file_prefix}_final_iteration=*.pt"):
+                if old != path:
+                    old.unlink(missing_ok=True)
 
     def metrics_completed(self, engine: Engine) -> None:
         """Save when the key metric improves on the best so far."""

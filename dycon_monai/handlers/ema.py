@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 from torch import nn
+
+from dycon_monai.networks.dycon_net import unwrap_module
 
 __all__ = ["EMATeacherHandler", "ema_decay_at", "ema_update_"]
 
@@ -33,6 +36,7 @@ def ema_update_(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     Raises:
         ValueError: when the two networks do not have the same parameter and buffer names and shapes.
     """
+    teacher, student = unwrap_module(teacher), unwrap_module(student)
     t_params = dict(teacher.named_parameters())
     s_params = dict(student.named_parameters())
     if t_params.keys() != s_params.keys():
@@ -88,6 +92,10 @@ class EMATeacherHandler:
 
     def attach(self, engine: Engine) -> None:
         """Register the update on ``engine``; resolves ``teacher`` / ``student`` from it when not given."""
+        if self.teacher is None and hasattr(engine, "teacher_network") and engine.teacher_network is None:
+            # e.g. the supervised method of a MeanTeacherTrainer: no teacher to update (keeps configs uniform)
+            logging.getLogger(type(self).__name__).info("the engine has no teacher network; EMATeacherHandler is idle.")
+            return
         if self.teacher is None:
             self.teacher = getattr(engine, "teacher_network", None)
         if self.student is None:
@@ -97,7 +105,7 @@ class EMATeacherHandler:
                 "EMATeacherHandler needs a teacher and a student: pass them, or attach to a MeanTeacherTrainer "
                 f"that has them (got teacher={type(self.teacher).__name__}, student={type(self.student).__name__})."
             )
-        if self.teacher is self.student:
+        if unwrap_module(self.teacher) is unwrap_module(self.student):
             raise ValueError("EMATeacherHandler: teacher and student are the same module; the teacher must be a copy.")
         if getattr(engine, "ema_handler", None) is not None:
             raise ValueError(

@@ -63,7 +63,9 @@ def patchify_embeddings(emb_map: torch.Tensor, grid_size: int = 16) -> torch.Ten
     grid_size = _check_grid(grid_size, "patchify_embeddings")
     if not isinstance(emb_map, torch.Tensor) or emb_map.ndim not in (3, 4, 5):
         shape = tuple(emb_map.shape) if isinstance(emb_map, torch.Tensor) else type(emb_map).__name__
-        raise ValueError(f"patchify_embeddings expects emb_map of shape (B, D, *spatial) with 1-3 spatial dims, got {shape}.")
+        raise ValueError(
+            f"patchify_embeddings expects emb_map of shape (B, D, *spatial) with 1-3 spatial dims, got {shape}."
+        )
     if not emb_map.is_floating_point():
         raise ValueError(f"patchify_embeddings expects a floating emb_map, got dtype {emb_map.dtype}.")
     pooled = _adaptive_pool(emb_map, grid_size)
@@ -314,13 +316,11 @@ class _PaperFeCLScalar(torch.autograd.Function):
     """Scalar paper FeCL whose gradient is computed in the same chunk pass as the value (no recomputation)."""
 
     @staticmethod
-    def forward(ctx, zn, ztn, labels, pos_weight, pos_count, anchor_weight, cfg):  # type: ignore[override]
-        need_grad = ctx.needs_input_grad[0]
+    def forward(ctx, zn, ztn, labels, pos_weight, pos_count, anchor_weight, cfg, grad_enabled):  # type: ignore[override]
+        need_grad = ctx.needs_input_grad[0] and grad_enabled  # needs_input_grad is True under no_grad too
         use_aux = cfg.mode == "auxiliary" and ztn is not None
         ones = torch.ones_like(anchor_weight) if (use_aux and need_grad) else None
-        out = _paper_kernel(
-            zn, ztn, labels, pos_weight, pos_count, cfg, anchor_weight if need_grad else None, ones
-        )
+        out = _paper_kernel(zn, ztn, labels, pos_weight, pos_count, cfg, anchor_weight if need_grad else None, ones)
         total = (anchor_weight * out.loss).sum()
         grad = out.grad_loss
         if use_aux:
@@ -336,7 +336,7 @@ class _PaperFeCLScalar(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_output):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        return grad_output * grad, None, None, None, None, None, None
+        return grad_output * grad, None, None, None, None, None, None, None
 
 
 class _PaperFeCLPerAnchor(torch.autograd.Function):
@@ -364,9 +364,7 @@ class _PaperFeCLPerAnchor(torch.autograd.Function):
         cfg = ctx.cfg
         g = grad_output.to(zn.dtype)
         use_aux = cfg.mode == "auxiliary" and ztn is not None
-        out = _paper_kernel(
-            zn, ztn, labels, pos_weight, pos_count, cfg, g, g * ctx.teacher_scale if use_aux else None
-        )
+        out = _paper_kernel(zn, ztn, labels, pos_weight, pos_count, cfg, g, g * ctx.teacher_scale if use_aux else None)
         grad = out.grad_loss
         if out.grad_teacher is not None:
             grad = grad + out.grad_teacher
@@ -719,7 +717,9 @@ class FeCLLoss(_Loss):
             per_sample = qualifies.sum(dim=1, keepdim=True).to(zn.dtype)
             n_samples = (per_sample > 0).sum().to(zn.dtype).clamp_min(1.0)
             anchor_weight = qualifies.to(zn.dtype) / (per_sample.clamp_min(1.0) * n_samples)
-        return _PaperFeCLScalar.apply(zn, ztn, labels, pos_weight, pos_count, anchor_weight, cfg)
+        return _PaperFeCLScalar.apply(
+            zn, ztn, labels, pos_weight, pos_count, anchor_weight, cfg, torch.is_grad_enabled() and zn.requires_grad
+        )
 
     def _reference(
         self, zn: torch.Tensor, ztn: torch.Tensor | None, labels: torch.Tensor, pos_count: torch.Tensor

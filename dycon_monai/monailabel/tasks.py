@@ -8,7 +8,9 @@ and is imported lazily by :mod:`dycon_monai.monailabel`, so ``import dycon_monai
   datastore under ``key`` (default ``"dycon_entropy"``).
 - :class:`MostUncertainStrategy` (a MONAI Label ``Strategy``) hands out the unlabeled study with the highest stored
   score next.
-- :func:`with_dycon_active_learning` (class decorator) or :class:`DyCONActiveLearningMixin` adds both to a MONAI
+- :class:`DyCONBundleTrainTask` (a MONAI Label ``BundleTrainTask``) also hands the bundle the datastore's
+  unlabeled studies as DyCON's unlabeled stream.
+- :func:`with_dycon_active_learning` (class decorator) or :class:`DyCONActiveLearningMixin` adds them to a MONAI
   Label app (e.g. the ``monaibundle`` sample app's ``MyApp``).
 """
 
@@ -25,7 +27,9 @@ import torch
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.infer.basic_infer import BasicInferTask, CallBackTypes
+from monailabel.tasks.train.bundle import BundleTrainTask
 from monailabel.utils.others.generic import name_to_device
 
 from dycon_monai.monailabel.entropy import mean_voxel_entropy, most_uncertain, rank_by_entropy
@@ -34,16 +38,20 @@ __all__ = [
     "DEFAULT_KEY",
     "DyCONEntropyScoring",
     "MostUncertainStrategy",
+    "DyCONBundleTrainTask",
     "DyCONActiveLearningMixin",
     "with_dycon_active_learning",
     "dycon_scoring_method",
     "dycon_scoring_methods",
     "dycon_strategies",
+    "dycon_trainers",
+    "UNLABELED_KEY",
 ]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_KEY = "dycon_entropy"
+UNLABELED_KEY = "train#unlabeled_dataset#data"
 
 
 class DyCONEntropyScoring(ScoringMethod):
@@ -133,7 +141,7 @@ class DyCONEntropyScoring(ScoringMethod):
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
         start = time.time()
         device = name_to_device(request.get("device"))
-        force = str(request.get("force", False)).lower() in ("1", "true", "yes")
+        force = _truthy(request.get("force", False))
         max_samples = int(request.get("max_samples", self.max_samples) or 0)
         model_ts = self.model_ts()
 
@@ -220,6 +228,58 @@ class MostUncertainStrategy(Strategy):
         return {"id": choice, self.key: scores[choice]}
 
 
+class DyCONBundleTrainTask(BundleTrainTask):
+    """``BundleTrainTask`` that also gives a DyCON bundle the datastore's unlabeled studies.
+
+    Stock MONAI Label hands a bundle only the labeled studies (``train#dataset#data``). DyCON learns from unlabeled
+    scans too: this task additionally sets the bundle's unlabeled stream (``unlabeled_key``, by default
+    ``train#unlabeled_dataset#data``) to ``[{"image": path}, ...]`` for every study of the datastore without a final
+    label. Everything else is the stock task.
+
+    Request keys (besides the stock ones): ``dycon_unlabeled`` (default true; false gives exactly the stock
+    behaviour) and ``max_unlabeled`` (use at most this many unlabeled studies, by id order; 0 = all).
+
+    Args:
+        path: bundle folder.
+        conf: app config.
+        unlabeled_key: config id of the bundle's unlabeled data list.
+        kwargs: passed to ``BundleTrainTask``.
+    """
+
+    def __init__(self, path: str, conf: dict[str, str], unlabeled_key: str = UNLABELED_KEY, **kwargs: Any) -> None:
+        super().__init__(path, conf, **kwargs)
+        self.unlabeled_key = unlabeled_key
+        self._pending_unlabeled: list[dict[str, str]] | None = None
+
+    def has_unlabeled_stream(self) -> bool:
+        """Whether the bundle's train config has ``unlabeled_key`` (i.e. it is a semi-supervised DyCON bundle)."""
+        if not self.is_valid():
+            return False
+        try:
+            return self.bundle_config.get(self.unlabeled_key) is not None
+        except (KeyError, ValueError, TypeError):
+            return False
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> Any:
+        self._pending_unlabeled = None
+        if _truthy(request.get("dycon_unlabeled", True)) and self.has_unlabeled_stream():
+            ids = sorted(datastore.get_unlabeled_images())
+            cap = int(request.get("max_unlabeled", 0) or 0)
+            ids = ids[:cap] if cap > 0 else ids
+            if ids:
+                self._pending_unlabeled = [{"image": datastore.get_image_uri(i)} for i in ids]
+                logger.info(f"DyCON train:: {len(ids)} unlabeled studies from the datastore -> {self.unlabeled_key}")
+        try:
+            return super().__call__(request, datastore)
+        finally:
+            self._pending_unlabeled = None
+
+    def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        if self._pending_unlabeled:
+            overrides[self.unlabeled_key] = self._pending_unlabeled
+        return overrides
+
+
 def _app_conf(app: Any) -> dict[str, str]:
     return getattr(app, "conf", None) or {}
 
@@ -279,12 +339,31 @@ def dycon_strategies(app: Any) -> dict[str, Strategy]:
     }
 
 
+def dycon_trainers(app: Any, trainers: dict[str, TrainTask]) -> dict[str, TrainTask]:
+    """Replace stock ``BundleTrainTask`` s of semi-supervised DyCON bundles by :class:`DyCONBundleTrainTask`.
+
+    Off with the app config ``--conf dycon_train_unlabeled false``.
+    """
+    if not _truthy(_app_conf(app).get("dycon_train_unlabeled", "true")):
+        return dict(trainers)
+    out = dict(trainers)
+    for name, task in trainers.items():
+        if type(task) is BundleTrainTask and task.is_valid():
+            replacement = DyCONBundleTrainTask(task.bundle_path, _app_conf(app))
+            if replacement.has_unlabeled_stream():
+                out[name] = replacement
+                logger.info(f"+++ Trainer {name}: unlabeled datastore studies feed {UNLABELED_KEY}")
+    return out
+
+
 def with_dycon_active_learning(cls: type) -> type:
     """Class decorator: extend an existing MONAI Label app class with the DyCON scoring method and strategy.
 
     The class keeps its name and bases (MONAI Label finds the app as the class in ``main.py`` that lists
     ``MONAILabelApp`` among its direct bases), and its own ``init_scoring_methods`` / ``init_strategies`` still run;
-    their results are extended with ``dycon_entropy``. In the ``monaibundle`` sample app::
+    their results are extended with ``dycon_entropy``, and the stock trainer of a semi-supervised DyCON bundle is
+    replaced by :class:`DyCONBundleTrainTask` (unlabeled datastore studies feed the unlabeled stream). In the
+    ``monaibundle`` sample app::
 
         from dycon_monai.monailabel import with_dycon_active_learning
 
@@ -294,10 +373,15 @@ def with_dycon_active_learning(cls: type) -> type:
 
     App config keys (``--conf KEY VALUE``): ``dycon_scoring_model`` (bundle name; default the first of
     ``--conf models``), ``dycon_bundle_path`` (a bundle folder instead), ``dycon_top_fraction`` (average only
-    the most uncertain voxels), ``dycon_reserve_seconds`` (skip a study handed out that recently).
+    the most uncertain voxels), ``dycon_reserve_seconds`` (skip a study handed out that recently),
+    ``dycon_train_unlabeled`` (``false``: keep the stock trainer).
     """
     own_scoring = cls.init_scoring_methods
     own_strategies = cls.init_strategies
+    own_trainers = cls.init_trainers
+
+    def init_trainers(self: Any) -> dict[str, TrainTask]:
+        return dycon_trainers(self, dict(own_trainers(self) or {}))
 
     def init_scoring_methods(self: Any) -> dict[str, ScoringMethod]:
         methods = dict(own_scoring(self) or {})
@@ -311,6 +395,7 @@ def with_dycon_active_learning(cls: type) -> type:
         logger.info(f"Active Learning Strategies:: {list(strategies)}")
         return strategies
 
+    cls.init_trainers = init_trainers
     cls.init_scoring_methods = init_scoring_methods
     cls.init_strategies = init_strategies
     return cls
@@ -324,6 +409,9 @@ class DyCONActiveLearningMixin:
     the mixin's). To extend an existing app class such as the sample app's ``MyApp``, use the decorator instead.
     """
 
+    def init_trainers(self) -> dict[str, TrainTask]:
+        return dycon_trainers(self, dict(super().init_trainers() or {}))  # type: ignore[misc]
+
     def init_scoring_methods(self) -> dict[str, ScoringMethod]:
         methods = dict(super().init_scoring_methods() or {})  # type: ignore[misc]
         methods.update(dycon_scoring_methods(self))
@@ -333,6 +421,13 @@ class DyCONActiveLearningMixin:
         strategies = dict(super().init_strategies() or {})  # type: ignore[misc]
         strategies.update(dycon_strategies(self))
         return strategies
+
+
+def _truthy(value: Any) -> bool:
+    """Request/config flags arrive as bools or strings ("true", "1", "no", ...)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "y", "on")
+    return bool(value)
 
 
 def _finite(value: Any) -> bool:

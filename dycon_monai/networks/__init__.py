@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from .dycon_net import DyCONNet, FeatureLayer, check_feature_grid, default_feature_layer, infer_feature_channels
+from .dycon_net import (
+    DyCONNet,
+    FeatureLayer,
+    check_feature_grid,
+    default_feature_layer,
+    infer_feature_channels,
+    unwrap_module,
+)
 from .projection import ProjectionHead
 
 __all__ = [
@@ -12,4 +19,5 @@ __all__ = [
     "check_feature_grid",
     "default_feature_layer",
     "infer_feature_channels",
+    "unwrap_module",
 ]

@@ -19,7 +19,15 @@ __all__ = [
     "check_feature_grid",
     "default_feature_layer",
     "infer_feature_channels",
+    "unwrap_module",
 ]
+
+
+def unwrap_module(module: nn.Module) -> nn.Module:
+    """The module inside a ``DataParallel`` / ``DistributedDataParallel`` wrapper (the module itself otherwise)."""
+    if isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return module.module
+    return module
 
 
 @dataclass(frozen=True)
@@ -215,8 +223,16 @@ class DyCONNet(nn.Module):
         self.spatial_dims = int(spatial_dims)
         self.head = ProjectionHead(spatial_dims, self.feature_channels, embedding_dim, **(head_kwargs or {}))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Segmentation logits of the backbone, ``(B, C, *spatial)`` (identical to ``self.backbone(x)``)."""
+    def forward(
+        self, x: torch.Tensor, with_embeddings: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Segmentation logits of the backbone, ``(B, C, *spatial)`` (identical to ``self.backbone(x)``).
+
+        ``with_embeddings=True`` returns :meth:`forward_features` instead; trainers call it that way so that a
+        ``DistributedDataParallel`` wrapper around the network sees the embedding pass as its forward.
+        """
+        if with_embeddings:
+            return self.forward_features(x)
         return self.backbone(x)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

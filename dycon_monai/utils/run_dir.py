@@ -11,6 +11,8 @@ Every function here is meant to be called from a bundle config expression (``"$d
   any error with a one-line summary of its root cause (:func:`install_error_summary`).
 - :func:`check_dataset` stops at once, naming the expected ISLES'22 layout and the demo command, when the dataset
   folder holds no readable data.
+- :func:`attach_gradient_sync` and :func:`check_identical_across_ranks` make ``multi_gpu_train.json`` train one
+  model on several processes (``torchrun``), with the same teacher on every rank.
 - :func:`resolve_bundle_root` finds the bundle folder from the config file that is being run, so the bundle works
   from the repository root as well as from inside the bundle.
 """
@@ -41,6 +43,7 @@ __all__ = [
     "DatasetNotFoundError",
     "as_bool",
     "active_config",
+    "attach_gradient_sync",
     "check_dataset",
     "check_identical_across_ranks",
     "check_model_path",
@@ -717,3 +720,79 @@ def check_identical_across_ranks(
         raise RuntimeError(f"Weights differ between ranks for: {', '.join(differing)} ({result}).")
     logger.info("Weights identical on all %d ranks: %s", world, ", ".join(result))
     return result
+
+
+def _broadcast_module(module: torch.nn.Module) -> None:
+    for tensor in [*module.parameters(), *module.buffers()]:
+        torch.distributed.broadcast(tensor.data, src=0)
+
+
+def attach_gradient_sync(trainer: Any) -> Any:
+    """Train ``trainer.network`` data-parallel over the ``torch.distributed`` ranks (gloo on CPU, nccl on GPU).
+
+    Does what ``DistributedDataParallel`` does for a plain network, for a Mean-Teacher trainer that calls
+    ``network.forward_features`` (which a DDP wrapper does not expose): now, rank 0's student and teacher weights and
+    buffers are broadcast to every rank; after every backward pass (MONAI's ``IterationEvents.BACKWARD_COMPLETED``,
+    before the optimiser step) the gradients are averaged over the ranks with one ``all_reduce`` and the floating
+    buffers (e.g. BatchNorm running statistics of the projection head) are averaged too. Every rank then takes the
+    same optimiser step, so the students, and the EMA teachers built from them, stay identical on all ranks.
+
+    A parameter that has a gradient on some ranks but not on others gets a zero gradient where it has none.
+    Non-finite losses must stop the run (``on_nonfinite="raise"``): a rank that skipped its backward pass would
+    leave the others waiting in ``all_reduce``.
+
+    Args:
+        trainer: a ``MeanTeacherTrainer`` (or any MONAI trainer) whose ``network`` is not wrapped.
+
+    Returns:
+        ``trainer``.
+
+    Raises:
+        RuntimeError: ``torch.distributed`` is not initialised.
+    """
+    from monai.engines.utils import IterationEvents
+
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise RuntimeError(
+            "attach_gradient_sync needs torch.distributed: start with torchrun and call "
+            "torch.distributed.init_process_group first (multi_gpu_train.json does)."
+        )
+    network = trainer.network
+    if getattr(trainer, "on_nonfinite", "raise") != "raise":
+        raise ValueError(
+            f"multi-process training needs on_nonfinite='raise', got {trainer.on_nonfinite!r}: a rank that skips a "
+            "step would leave the others waiting."
+        )
+    world = torch.distributed.get_world_size()
+    _broadcast_module(network)
+    teacher = getattr(trainer, "teacher_network", None)
+    if teacher is not None:
+        _broadcast_module(teacher)
+    params = list(network.parameters())
+
+    def sync(engine: Any) -> None:
+        has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.int32)
+        torch.distributed.all_reduce(has_grad)
+        grads = []
+        for p, n in zip(params, has_grad.tolist()):
+            if n == 0:
+                continue
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        if grads:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            torch.distributed.all_reduce(flat)
+            flat /= world
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+        for buf in network.buffers():
+            if buf.is_floating_point():
+                torch.distributed.all_reduce(buf.data)
+                buf.data /= world
+
+    trainer.add_event_handler(IterationEvents.BACKWARD_COMPLETED, sync)
+    logger.info("Gradients averaged over %d ranks after every backward pass", world)
+    return trainer

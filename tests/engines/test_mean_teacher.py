@@ -109,8 +109,11 @@ def test_each_method_runs_with_its_terms(method):
 
 
 def test_supervised_needs_no_unlabeled_data_but_semi_supervised_does():
-    trainer = make_trainer("supervised", max_epochs=1)
-    assert trainer.unlabeled_data_loader is None
+    from dycon_monai.handlers import BetaScheduleHandler, EMATeacherHandler, FeCLEpochHandler
+
+    handlers = [EMATeacherHandler(), BetaScheduleHandler(), FeCLEpochHandler()]  # the same config for every method
+    trainer = make_trainer("supervised", max_epochs=1, train_handlers=handlers)
+    assert trainer.unlabeled_data_loader is None and trainer.ema_handler is None
     trainer.run()
     lab, _ = make_loaders()
     with pytest.raises(ValueError, match="unlabeled_data_loader is None.*UnCL.*FeCL"):
@@ -282,6 +285,24 @@ def test_nan_in_an_unlabeled_image_is_reported_with_its_case():
     unl = DataLoader(Dataset(cases), batch_size=2)
     trainer = make_trainer("dycon", max_epochs=1, loaders=(lab, unl))
     with pytest.raises(
-        NonFiniteLossError, match=r"iteration 1 .*student_logits=nan.*unlabeled cases \['unl00', 'unl01'\]"
-    ):
+        NonFiniteLossError,
+        match=r"iteration 1 \(epoch 1\): image=nan, student_logits=nan.*unlabeled cases "
+        r"\['unl00', 'unl01'\]\. Non-finite voxels in the input images of cases \['unl01'\]",
+    ) as info:
         trainer.run()
+    assert "loss_sup" not in info.value.terms  # the losses are not computed from a non-finite forward pass
+
+
+def test_wrapped_network_goes_through_the_wrapper_forward():
+    from dycon_monai.handlers import checkpoint_dict
+
+    wrapped = torch.nn.DataParallel(make_net())  # on CPU it just calls the module: stands in for DDP
+    trainer = make_trainer("dycon", max_epochs=1, net=wrapped)
+    calls = []
+    wrapped.register_forward_pre_hook(lambda m, a, kw: calls.append(kw), with_kwargs=True)
+    trainer.run()
+    assert calls == [{"with_embeddings": True}] * 2
+    assert trainer.teacher_network is not wrapped.module and not isinstance(
+        trainer.teacher_network, torch.nn.DataParallel
+    )
+    assert checkpoint_dict(trainer)["network"] is wrapped.module.backbone

@@ -77,8 +77,9 @@ def test_chunked_matches_dense_value_and_gradient(mode, with_teacher, with_entro
     got, got_grad = _value_and_grad(lambda x: loss(x, labels, teacher, entropy), emb)
     ref, ref_grad = _value_and_grad(dense, emb)
     assert got.shape == ref.shape
-    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(got_grad, ref_grad, rtol=1e-5, atol=1e-5)
+    # float64 on both sides: far tighter than the 1e-5 asked for
+    torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got_grad, ref_grad, rtol=1e-7, atol=1e-12)
 
 
 @pytest.mark.parametrize("mode", ["denominator", "auxiliary"])
@@ -92,7 +93,8 @@ def test_float32_matches_dense_at_larger_n(mode):
     got, got_grad = _value_and_grad(lambda x: loss(x, labels, teacher, entropy), emb)
     ref, ref_grad = _value_and_grad(dense, emb)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(got_grad, ref_grad, rtol=1e-5, atol=1e-5)
+    # gradients are ~1e-3 here: compare relative to their scale
+    torch.testing.assert_close(got_grad, ref_grad, rtol=1e-5, atol=1e-5 * ref_grad.abs().max().item())
 
 
 def test_fewer_other_class_teacher_patches_than_top_k():
@@ -107,21 +109,25 @@ def test_fewer_other_class_teacher_patches_than_top_k():
     torch.testing.assert_close(got_grad, ref_grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("variant, mode", [("paper", "denominator"), ("paper", "auxiliary"), ("reference", "none")])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_permuting_patches_leaves_the_loss_unchanged(reduction):
+def test_permuting_patches_leaves_the_loss_unchanged(variant, mode, reduction):
     emb, labels, teacher, entropy = _inputs(b=2, n=40)
     perm = torch.randperm(40, generator=torch.Generator().manual_seed(5))
-    loss = FeCLLoss(chunk_size=9, top_k=4, reduction=reduction)
+    loss = FeCLLoss(variant=variant, hard_negatives=mode, chunk_size=9, top_k=4, reduction=reduction)
     out, grad = _value_and_grad(lambda x: loss(x, labels, teacher, entropy), emb)
-    out_p, grad_p = _value_and_grad(
-        lambda x: loss(x, labels[:, perm], teacher[:, perm], entropy[:, perm]), emb[:, perm]
-    )
-    if reduction == "none":
-        out, grad_p = out[:, perm], grad_p
-        torch.testing.assert_close(out_p, out, rtol=1e-10, atol=1e-12)
+    if reduction == "none":  # permute the incoming per-anchor gradient along with the patches
+        x = emb[:, perm].detach().clone().requires_grad_()
+        out_p = loss(x, labels[:, perm], teacher[:, perm], entropy[:, perm])
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=out.dtype)
+        (grad_p,) = torch.autograd.grad(out_p, x, g[:, perm])
+        torch.testing.assert_close(out_p.detach(), out[:, perm], rtol=1e-10, atol=1e-12)
     else:
+        out_p, grad_p = _value_and_grad(
+            lambda x: loss(x, labels[:, perm], teacher[:, perm], entropy[:, perm]), emb[:, perm]
+        )
         torch.testing.assert_close(out_p, out, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(grad_p, grad[:, perm], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad_p, grad[:, perm], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("variant", ["paper", "reference"])
@@ -137,13 +143,10 @@ def test_single_class_sample_gives_zero_not_nan(variant):
 
 def test_sample_without_positives_is_left_out_of_the_mean():
     emb, labels, teacher, _ = _inputs(b=2, n=24)
-    labels[1] = torch.arange(24) % 2
-    labels[1, :] = 0
-    labels[1, 0] = 1  # sample 1: one background class with positives, one lone foreground patch
-    only_one = torch.zeros(2, 24, dtype=torch.long)
-    only_one[1] = torch.arange(24)  # all distinct classes: no anchor of sample 1 has a positive
+    lone = labels.clone()
+    lone[1] = torch.arange(24)  # every patch of sample 1 its own class: no anchor there has a positive
     loss = FeCLLoss(chunk_size=5)
-    both = loss(emb, torch.stack([labels[0], only_one[1]]), teacher)
+    both = loss(emb, lone, teacher)
     first = loss(emb[:1], labels[:1], teacher[:1])
     assert both.item() == pytest.approx(first.item(), rel=1e-12)
 
@@ -353,33 +356,49 @@ def test_patch_entropy_gambling_temperature():
 
 BAD_INPUTS = [
     # (description, kwargs builder, message regex)
-    ("embeddings rank", lambda e, l, t, h: dict(embeddings=e[0], labels=l), r"embeddings of shape \(B, N, D\).*got \(8, 4\)"),
-    ("labels shape", lambda e, l, t, h: dict(embeddings=e, labels=l[:, :5]), r"labels of shape \(B, N\) = \(2, 8\).*got \(2, 5\)"),
-    ("labels dtype", lambda e, l, t, h: dict(embeddings=e, labels=l.float()), r"integer patch labels.*torch.float32"),
-    ("embeddings dtype", lambda e, l, t, h: dict(embeddings=e.long(), labels=l), r"floating embeddings, got dtype torch.int64"),
+    (
+        "embeddings rank",
+        lambda e, lab, t, h: dict(embeddings=e[0], labels=lab),
+        r"embeddings of shape \(B, N, D\).*got \(8, 4\)",
+    ),
+    (
+        "labels shape",
+        lambda e, lab, t, h: dict(embeddings=e, labels=lab[:, :5]),
+        r"labels of shape \(B, N\) = \(2, 8\).*got \(2, 5\)",
+    ),
+    (
+        "labels dtype",
+        lambda e, lab, t, h: dict(embeddings=e, labels=lab.float()),
+        r"integer patch labels.*torch.float32",
+    ),
+    (
+        "embeddings dtype",
+        lambda e, lab, t, h: dict(embeddings=e.long(), labels=lab),
+        r"floating embeddings, got dtype torch.int64",
+    ),
     (
         "teacher shape",
-        lambda e, l, t, h: dict(embeddings=e, labels=l, teacher_embeddings=t[:, :, :3]),
+        lambda e, lab, t, h: dict(embeddings=e, labels=lab, teacher_embeddings=t[:, :, :3]),
         r"teacher_embeddings must have the shape of embeddings \(2, 8, 4\), got \(2, 8, 3\)",
     ),
     (
         "entropy shape",
-        lambda e, l, t, h: dict(embeddings=e, labels=l, patch_entropy=h[:1]),
+        lambda e, lab, t, h: dict(embeddings=e, labels=lab, patch_entropy=h[:1]),
         r"patch_entropy of shape \(B, N\) = \(2, 8\), got \(1, 8\)",
     ),
     (
         "entropy range",
-        lambda e, l, t, h: dict(embeddings=e, labels=l, patch_entropy=h * 3),
+        lambda e, lab, t, h: dict(embeddings=e, labels=lab, patch_entropy=h * 3),
         r"patch_entropy normalised to \[0, 1\]",
     ),
     (
         "label volume values",
-        lambda e, l, t, h: dict(embeddings=torch.randn(2, 4, 4, 4, 4), labels=torch.full((2, 1, 4, 4, 4), 2.0)),
+        lambda e, lab, t, h: dict(embeddings=torch.randn(2, 4, 4, 4, 4), labels=torch.full((2, 1, 4, 4, 4), 2.0)),
         r"binary label with values in \[0, 1\], got values in \[2.0, 2.0\]",
     ),
     (
         "label volume rank",
-        lambda e, l, t, h: dict(embeddings=torch.randn(2, 4, 4, 4, 4), labels=torch.zeros(2, 4, 4)),
+        lambda e, lab, t, h: dict(embeddings=torch.randn(2, 4, 4, 4, 4), labels=torch.zeros(2, 4, 4)),
         r"label of shape \(B, 1, \*spatial\).*got shape \(2, 4, 4\)",
     ),
 ]
@@ -390,9 +409,9 @@ BAD_INPUTS = [
 def test_bad_inputs_raise_clear_errors(case, variant):
     _, build, match = case
     e = torch.randn(2, 8, 4)
-    l = torch.zeros(2, 8, dtype=torch.long)
+    lab = torch.zeros(2, 8, dtype=torch.long)
     with pytest.raises(ValueError, match=match):
-        FeCLLoss(variant=variant)(**build(e, l, torch.randn(2, 8, 4), torch.rand(2, 8)))
+        FeCLLoss(variant=variant)(**build(e, lab, torch.randn(2, 8, 4), torch.rand(2, 8)))
 
 
 @pytest.mark.parametrize(

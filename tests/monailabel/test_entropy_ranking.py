@@ -98,7 +98,9 @@ def test_ranking_follows_known_difficulty():
     net = IntensityThresholdNet().eval()
     contrasts = {"easy": 0.9, "medium": 0.5, "hard": 0.2, "hardest": 0.05}
     inferer = SlidingWindowInferer(roi_size=(16, 16, 16), sw_batch_size=1, overlap=0.25)
-    scores = {sid: study_entropy(net, _study(c, seed=i), inferer=inferer) for i, (sid, c) in enumerate(contrasts.items())}
+    scores = {
+        sid: study_entropy(net, _study(c, seed=i), inferer=inferer) for i, (sid, c) in enumerate(contrasts.items())
+    }
     ranking = [sid for sid, _ in rank_by_entropy(scores)]
     assert ranking == ["hardest", "hard", "medium", "easy"], scores
     assert all(0.0 <= s <= 1.0 for s in scores.values())

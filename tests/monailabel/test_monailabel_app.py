@@ -87,10 +87,8 @@ def test_prepare_app_errors(tmp_path, sample_app, bundle):
 
 def test_command_line(tmp_path, sample_app, bundle, capsys):
     (tmp_path / "w.pt").write_bytes(b"w")
-    rc = main([str(tmp_path / "app"), "--bundle", str(bundle), "--weights", str(tmp_path / "w.pt")] + [
-        "--sample-app",
-        str(sample_app),
-    ])
+    args = [str(tmp_path / "app"), "--bundle", str(bundle), "--weights", str(tmp_path / "w.pt")]
+    rc = main(args + ["--sample-app", str(sample_app)])
     assert rc == 0
     out = capsys.readouterr().out
     assert "monailabel start_server" in out and "--conf models dycon_isles" in out

@@ -11,7 +11,9 @@ What it checks, on loopback with bounded waits, logs printed on failure:
 - ``POST /scoring/dycon_entropy`` scores every unlabeled study, with the same numbers as this environment computes
   from the bundle's own pre-processing, inferer and weights; ``POST /activelearning/dycon_entropy`` returns the most
   uncertain one, then the next one once it is labeled;
-- labels saved through ``PUT /datastore/label`` feed a one-epoch ``POST /train/dycon_isles`` that completes.
+- labels saved through ``PUT /datastore/label`` feed a one-epoch ``POST /train/dycon_isles`` that completes and
+  publishes new weights the server then serves; a second run also gets the unlabeled studies (DyCON's unlabeled
+  stream) from the datastore.
 """
 
 from __future__ import annotations
@@ -262,7 +264,9 @@ def _local_scores(weights: Path, studies: dict[str, Path]) -> dict[str, float]:
     net.eval()
     pre = parser.get_parsed_content("preprocessing", instantiate=True)
     inferer = parser.get_parsed_content("inferer", instantiate=True)
-    return {sid: study_entropy(net, pre({"image": str(path)})["image"], inferer=inferer) for sid, path in studies.items()}
+    return {
+        sid: study_entropy(net, pre({"image": str(path)})["image"], inferer=inferer) for sid, path in studies.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -374,10 +378,26 @@ def _save_label(server: Server, sid: str, mask: Path) -> None:
         server.fail(f"PUT /datastore/label for {sid} answered {status}: {data[:2000]!r}")
 
 
-def test_short_training_run_completes(served):
+def _train(server: Server, params: dict[str, Any]) -> None:
+    """POST /train/<model> and wait (bounded) until the background task is DONE; fail with its output otherwise."""
+    task = server.json("POST", f"/train/{MODEL}", json_body=params)
+    assert task and task.get("id"), task
+    deadline = time.monotonic() + TRAIN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        tasks = server.json("GET", "/train/", query={"all": "true"})
+        mine = [t for t in tasks if t.get("id") == task["id"]]
+        if mine and mine[0].get("status") in ("DONE", "ERROR"):
+            if mine[0]["status"] != "DONE":
+                details = "\n".join(mine[0].get("details", []))
+                server.fail(f"training {params} ended with status {mine[0]['status']}; last task output:\n{details}")
+            return
+        time.sleep(3)
+    server.request("DELETE", "/train/")
+    server.fail(f"training {params} did not finish within {TRAIN_TIMEOUT_S} s")
+
+
+def _label_some(served: dict) -> list[str]:
     server, masks = served["server"], served["masks"]
-    if not (BUNDLE / "configs" / "train.json").is_file():
-        pytest.fail(f"{BUNDLE} has no configs/train.json: MONAI Label lists no trainer without it")
     datastore = server.json("GET", "/datastore/", query={"output": "all"})
     labeled = [sid for sid, obj in datastore.get("objects", {}).items() if obj.get("labels", {}).get("final")]
     for sid in sorted(masks):
@@ -386,31 +406,37 @@ def test_short_training_run_completes(served):
         if sid not in labeled:
             _save_label(server, sid, masks[sid])
             labeled.append(sid)
+    return labeled
 
+
+def test_short_training_run_completes(served):
+    """The stock BundleTrainTask behaviour (labeled studies only): completes and publishes new weights."""
+    server = served["server"]
+    if not (BUNDLE / "configs" / "train.json").is_file():
+        pytest.fail(f"{BUNDLE} has no configs/train.json: MONAI Label lists no trainer without it")
+    _label_some(served)
     model_pt = served["app"] / "model" / MODEL / "models" / "model.pt"
     before = model_pt.stat().st_mtime_ns
     params = {"max_epochs": 1, "val_split": 0.5, "device": "cpu", "multi_gpu": False, "pretrained": True}
-    task = server.json("POST", f"/train/{MODEL}", json_body=params)
-    assert task and task.get("id"), task
-    deadline = time.monotonic() + TRAIN_TIMEOUT_S
-    status: dict = {}
-    while time.monotonic() < deadline:
-        status = server.json("GET", "/train/", query={"all": "true"})
-        mine = [t for t in status if t.get("id") == task["id"]]
-        if mine and mine[0].get("status") in ("DONE", "ERROR"):
-            status = mine[0]
-            break
-        time.sleep(3)
-    else:
-        server.request("DELETE", "/train/")
-        server.fail(f"training did not finish within {TRAIN_TIMEOUT_S} s")
-    if status.get("status") != "DONE":
-        details = "\n".join(status.get("details", []))
-        server.fail(f"training ended with status {status.get('status')}; last task output:\n{details}")
-    # training wrote new weights where MONAI Label serves them from
+    _train(server, {**params, "dycon_unlabeled": False})
+    # training wrote new weights where MONAI Label serves them from (the bundle's models/model.pt) ...
     assert model_pt.stat().st_mtime_ns > before, f"{model_pt} was not updated by training"
-    # and the server still infers with them
+    # ... and the server infers with them
     sid = sorted(served["images"])[-1]
     code, data, _ = server.request("POST", f"/infer/{MODEL}", query={"image": sid, "output": "image"})
     if code != 200:
         server.fail(f"/infer/{MODEL} after training answered {code}: {data[:2000]!r}")
+
+
+def test_training_uses_unlabeled_datastore_studies(served):
+    """DyCONBundleTrainTask: the studies without a label become the bundle's unlabeled stream."""
+    server = served["server"]
+    labeled = _label_some(served)
+    unlabeled = sorted(set(served["images"]) - set(labeled))
+    params = {"max_epochs": 1, "val_split": 0.5, "device": "cpu", "multi_gpu": False, "pretrained": True}
+    _train(server, params)
+    log = server.log_tail(chars=10**7)
+    if f"DyCON train:: {len(unlabeled)} unlabeled studies from the datastore" not in log:
+        server.fail(f"the train task did not pass the {len(unlabeled)} unlabeled studies {unlabeled} to the bundle")
+    override = [line for line in log.splitlines() if "> train#unlabeled_dataset#data:" in line]
+    assert override, "monai.bundle.run did not log the train#unlabeled_dataset#data override"
