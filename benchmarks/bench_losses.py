@@ -88,10 +88,11 @@ def _make_case(loss: str, impl: str, size: dict, device: str):
         teacher = (emb.detach() + 0.5 * torch.randn(b, n, d, generator=g).to(device)).contiguous()
         labels = (torch.rand(b, n, generator=g) < 0.15).long().to(device)
         entropy = torch.rand(b, n, generator=g).to(device)
-        if impl == "ours":
+        if impl in ("ours", "reference"):
             from dycon_monai.losses import FeCLLoss
 
-            fn = FeCLLoss(chunk_size=size.get("chunk", 256))
+            variant = "paper" if impl == "ours" else "reference"
+            fn = FeCLLoss(variant=variant, gamma=0.5 if impl == "ours" else 2.0, chunk_size=size.get("chunk", 256))
             return lambda: fn(emb, labels, teacher, entropy).backward()
         dense = _load_dense_reference()
         return lambda: dense(emb, labels, teacher, entropy).backward()
@@ -202,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each worker")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     parser.add_argument("--skip-dense", action="store_true", help="measure only our implementations")
+    parser.add_argument(
+        "--with-reference", action="store_true", help="also time FeCL variant='reference' (chunked, checkpointed)"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -243,6 +247,14 @@ def main(argv: list[str] | None = None) -> int:
                     f" | time ratio {t_ratio:5.2f}  memory ratio {m_ratio:5.3f}"
                 )
             print(line, flush=True)
+            if loss == "fecl" and args.with_reference:
+                ref_variant = _spawn(loss, "reference", size, args)
+                row["reference_variant"] = ref_variant
+                print(
+                    f"{'':4s} {'(variant=reference)':32s} ours {ref_variant['time_s']:7.3f} s "
+                    f"{_mib(ref_variant['peak_extra_bytes'])}",
+                    flush=True,
+                )
             results["rows"].append(row)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -222,6 +222,9 @@ class DyCONNet(nn.Module):
         self.embedding_dim = int(embedding_dim)
         self.spatial_dims = int(spatial_dims)
         self.head = ProjectionHead(spatial_dims, self.feature_channels, embedding_dim, **(head_kwargs or {}))
+        reference = next(backbone.parameters(), None)
+        if reference is not None:  # a backbone already moved to a device: put the new head beside it
+            self.head.to(device=reference.device, dtype=reference.dtype)
 
     def forward(
         self, x: torch.Tensor, with_embeddings: bool = False

@@ -259,23 +259,26 @@ def test_unknown_config_key_is_an_error(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def _root_cause(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def run_in_process(configs: list[str], **overrides) -> None:
+    """``monai.bundle.run`` in this process (what the CLI does, minus the interpreter start)."""
+    from monai.bundle import run
+
+    run(config_file=[str(CONFIGS / c) for c in configs], logging_file=False, **overrides)
+
+
 def test_unknown_method_lists_choices(synthetic_cohort, tmp_path):
-    proc = run_cli(
-        bundle_cmd(
-            "run",
-            ["train.json"],
-            "--method",
-            "dycon_v2",
-            "--dataset_dir",
-            str(synthetic_cohort),
-            "--output_dir",
-            str(tmp_path),
-        ),
-        expect_ok=False,
-    )
-    assert "error: ValueError: unknown method 'dycon_v2'" in proc.stderr
+    with pytest.raises(RuntimeError) as err:
+        run_in_process(["train.json"], method="dycon_v2", dataset_dir=str(synthetic_cohort), output_dir=str(tmp_path))
+    cause = _root_cause(err.value)
+    assert isinstance(cause, ValueError) and "unknown method 'dycon_v2'" in str(cause)
     for choice in ("supervised", "mean_teacher", "mt_uncl", "mt_fecl", "dycon"):
-        assert choice in proc.stderr
+        assert choice in str(cause)
     assert not any(tmp_path.iterdir())
 
 
@@ -295,19 +298,9 @@ def test_existing_run_is_never_overwritten(synthetic_cohort, tmp_path):
     earlier.mkdir()
     (earlier / "run_info.json").write_text('{"seed": 0}')
     (earlier / "model.pt").write_bytes(b"earlier weights")
-    proc = run_cli(
-        bundle_cmd(
-            "run",
-            ["train.json"],
-            "--dataset_dir",
-            str(synthetic_cohort),
-            "--output_dir",
-            str(tmp_path),
-            "--run_name",
-            "exp",
-        ),
-        expect_ok=False,
-    )
-    assert "error: FileExistsError" in proc.stderr and "--overwrite true" in proc.stderr
+    with pytest.raises(RuntimeError) as err:
+        run_in_process(["train.json"], dataset_dir=str(synthetic_cohort), output_dir=str(tmp_path), run_name="exp")
+    cause = _root_cause(err.value)
+    assert isinstance(cause, FileExistsError) and "--overwrite true" in str(cause) and str(earlier) in str(cause)
     assert (earlier / "model.pt").read_bytes() == b"earlier weights"
     assert sorted(p.name for p in earlier.iterdir()) == ["model.pt", "run_info.json"]

@@ -16,19 +16,25 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _trainer(net=None):
-    # 6 labeled cases in batches of 2: 3 iterations per epoch, so a stop at 4 is mid-epoch
-    return make_trainer("dycon", max_epochs=2, loaders=make_loaders(n_labeled=6, n_unlabeled=4), net=net)
+def _trainer(net=None, epoch_length=None):
+    # 6 labeled cases in batches of 2: 3 batches per pass; epoch_length 4 makes epochs and passes disagree
+    loaders = make_loaders(n_labeled=6, n_unlabeled=4)
+    return make_trainer("dycon", max_epochs=2, loaders=loaders, net=net, epoch_length=epoch_length)
 
 
-@pytest.mark.parametrize("stop_at", [3, 4])
-def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, stop_at):
-    full = _trainer()
+@pytest.mark.parametrize(
+    "stop_at, epoch_length",
+    [(3, None), (4, None), (5, 4)],
+    ids=["epoch-boundary", "mid-epoch", "loader-wraps-inside-epoch"],
+)
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, stop_at, epoch_length):
+    full = _trainer(epoch_length=epoch_length)
     full_losses = record_losses(full)
     full.run()
-    assert full.state.iteration == 6
+    total = full.state.iteration
+    assert total == 2 * (epoch_length or 3)
 
-    first = _trainer()
+    first = _trainer(epoch_length=epoch_length)
     AtomicCheckpointSaver(tmp_path, checkpoint_dict(first), save_interval=1, n_saved=2, save_final=False).attach(first)
     first.add_event_handler(Events.ITERATION_COMPLETED(once=stop_at), lambda e: e.terminate())
     first.run()
@@ -38,12 +44,13 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, stop_at):
         f"checkpoint_iteration={stop_at}.pt",
     ]
 
-    resumed = _trainer(net=make_net(seed=123))  # different initial weights: everything must come from the file
+    # different initial weights: everything must come from the file
+    resumed = _trainer(net=make_net(seed=123), epoch_length=epoch_length)
     checkpoint_loader(tmp_path, resumed).attach(resumed)
     resumed_losses = record_losses(resumed)
     resumed.run()
-    assert resumed.state.iteration == 6
-    assert [r["iteration"] for r in resumed_losses] == list(range(stop_at + 1, 7))
+    assert resumed.state.iteration == total
+    assert [r["iteration"] for r in resumed_losses] == list(range(stop_at + 1, total + 1))
     assert resumed_losses == full_losses[stop_at:]
     assert_same_state(full.network.state_dict(), resumed.network.state_dict())
     assert_same_state(full.teacher_network.state_dict(), resumed.teacher_network.state_dict())

@@ -231,6 +231,17 @@ def test_half_precision_embeddings(dtype):
     assert out.item() == pytest.approx(ref.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("variant", ["paper", "reference"])
+def test_no_grad_mode_gives_the_same_value(variant):
+    emb, labels, teacher, entropy = _inputs(b=2, n=24, dtype=torch.float32)
+    emb.requires_grad_()
+    loss = FeCLLoss(variant=variant, chunk_size=8)
+    with torch.no_grad():
+        value = loss(emb, labels, teacher, entropy)
+    assert not value.requires_grad
+    assert value.item() == pytest.approx(loss(emb, labels, teacher, entropy).item(), rel=1e-6)
+
+
 def test_teacher_and_entropy_receive_no_gradient():
     emb, labels, teacher, entropy = _inputs(b=2, n=16, dtype=torch.float32)
     teacher.requires_grad_()

@@ -171,6 +171,15 @@ def test_reductions_and_per_call_beta():
     assert loss(s, t, beta=torch.tensor(0.5)).item() == pytest.approx(per_voxel.mean().item(), rel=1e-6)
 
 
+def test_no_grad_mode_gives_the_same_value():
+    s = torch.randn(2, 2, 3, 4, requires_grad=True)
+    t = torch.randn(2, 2, 3, 4)
+    with torch.no_grad():
+        value = UnCLLoss()(s, t)
+    assert not value.requires_grad
+    assert value.item() == pytest.approx(UnCLLoss()(s, t).item(), rel=1e-7)
+
+
 def test_forward_probs_matches_logits():
     s = torch.randn(1, 3, 5, 5)
     t = torch.randn(1, 3, 5, 5)
