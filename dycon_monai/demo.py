@@ -63,7 +63,10 @@ def prepare_cohort(data_dir: Path, cases: int, seed: int, spacing: float) -> Pat
         same = int(info.get("cases", -1)) == cases and int(info.get("seed", -1)) == seed
         same = same and all(math.isclose(float(s), spacing) for s in info.get("spacing", [None]))
         if same:
-            print(f"[demo] reusing the synthetic cohort in {data_dir} ({cases} cases, {spacing:g} mm, seed {seed})")
+            print(
+                f"[demo] reusing the synthetic cohort in {data_dir} ({cases} cases, {spacing:g} mm, seed {seed})",
+                flush=True,
+            )
             return data_dir
         raise FileExistsError(
             f"{data_dir} holds a different synthetic cohort ({info.get('cases')} cases, spacing {info.get('spacing')}, "
@@ -71,7 +74,9 @@ def prepare_cohort(data_dir: Path, cases: int, seed: int, spacing: float) -> Pat
         )
     if data_dir.exists() and any(data_dir.iterdir()):
         raise FileExistsError(f"{data_dir} is not empty and holds no synthetic cohort; pass --out to another folder.")
-    print(f"[demo] building a synthetic ISLES'22-like cohort: {cases} cases at {spacing:g} mm in {data_dir}")
+    print(
+        f"[demo] building a synthetic ISLES'22-like cohort: {cases} cases at {spacing:g} mm in {data_dir}", flush=True
+    )
     make_synthetic_cohort(data_dir, cases=cases, seed=seed, spacing=spacing, lesion_free=0)
     return data_dir
 
@@ -91,7 +96,8 @@ def run_bundle(config_names: Sequence[str], overrides: Sequence[str], bundle_dir
         _config_list(config_names, bundle_dir),
         *overrides,
     ]
-    print("[demo] $ " + " ".join(cmd[1:4] + ["run"] + [f'"{c}"' if c.startswith("[") else c for c in cmd[4:]]))
+    shown = ["python", *cmd[1:4], *(f'"{c}"' if c.startswith("[") else c for c in cmd[4:])]
+    print("[demo] $ " + " ".join(shown), flush=True)
     env = dict(os.environ)
     env.setdefault("PYTHONWARNINGS", "ignore")
     subprocess.run(cmd, check=True, env=env)

@@ -1,6 +1,6 @@
 """MONAI Label integration: uncertainty-driven active learning with DyCON's voxel entropy.
 
-The entropy and ranking functions (:mod:`dycon_monai.monailabel.entropy`) and the app preparation helper
+The entropy and ranking functions (:mod:`dycon_monai.monailabel.entropy`) and the app preparation function
 (:mod:`dycon_monai.monailabel.app`) need only PyTorch. The MONAI Label classes (``DyCONEntropyScoring``,
 ``MostUncertainStrategy``, ``with_dycon_active_learning``, ``DyCONActiveLearningMixin``) are loaded on first access from
 :mod:`dycon_monai.monailabel.tasks`, which needs the ``monailabel`` package (see ``docs/monailabel.md``).

@@ -48,6 +48,7 @@ __all__ = [
     "check_identical_across_ranks",
     "check_model_path",
     "check_overrides",
+    "close_log_file",
     "create_run_dir",
     "find_images",
     "install_error_summary",
@@ -661,16 +662,31 @@ def save_run_config(
     return str(run_dir)
 
 
+_LOG_HANDLERS: dict[str, logging.Handler] = {}
+
+
 def log_to_file(run_dir: str | os.PathLike, filename: str = "log.txt", level: int = logging.INFO) -> str:
-    """Also write the log of this run to ``<run_dir>/<filename>`` (rank 0 only). Returns the file's path."""
-    path = Path(run_dir) / filename
+    """Also write the log of this run to ``<run_dir>/<filename>`` (rank 0 only). Returns the file's path.
+
+    The handler is attached to the root logger until :func:`close_log_file` (the configs' ``finalize``) removes it.
+    """
+    path = str(Path(run_dir) / filename)
     rank, _ = _dist_rank_world()
-    if rank == 0:
+    if rank == 0 and path not in _LOG_HANDLERS:
         handler = logging.FileHandler(path)
         handler.setLevel(level)
-        handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(handler)
-    return str(path)
+        _LOG_HANDLERS[path] = handler
+    return path
+
+
+def close_log_file(run_dir: str | os.PathLike, filename: str = "log.txt") -> None:
+    """Detach and close the log file handler that :func:`log_to_file` attached for ``run_dir`` (if any)."""
+    handler = _LOG_HANDLERS.pop(str(Path(run_dir) / filename), None)
+    if handler is not None:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
 def _module_digest(module: torch.nn.Module) -> str:

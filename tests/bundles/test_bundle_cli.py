@@ -304,3 +304,20 @@ def test_existing_run_is_never_overwritten(synthetic_cohort, tmp_path):
     assert isinstance(cause, FileExistsError) and "--overwrite true" in str(cause) and str(earlier) in str(cause)
     assert (earlier / "model.pt").read_bytes() == b"earlier weights"
     assert sorted(p.name for p in earlier.iterdir()) == ["model.pt", "run_info.json"]
+
+
+def test_resume_continues_in_a_new_run_folder(trained_run, synthetic_cohort, tiny_json, tmp_path):
+    run_in_process(
+        ["train.json", str(tiny_json)],
+        dataset_dir=str(synthetic_cohort),
+        output_dir=str(tmp_path),
+        run_name="resumed",
+        resume_from=str(trained_run / "models"),
+        max_iterations=4,
+        seed=3,
+    )
+    ckpt = torch.load(
+        tmp_path / "resumed" / "models" / "checkpoint_final_iteration=4.pt", map_location="cpu", weights_only=False
+    )
+    assert ckpt["trainer"]["iteration"] == 4
+    assert (trained_run / "models" / "checkpoint_final_iteration=2.pt").is_file()  # the earlier run is untouched

@@ -67,7 +67,8 @@ def test_metadata_fields():
         ("inference.json", "demo.json"),
     ],
 )
-def test_configs_parse(names):
+def test_configs_parse(names, monkeypatch):
+    monkeypatch.chdir(BUNDLE.parent.parent)  # bundle_root falls back to bundles/dycon_isles under the working dir
     parser = _parser(*names)
     parser.parse()
     for key in ("bundle_root", "device", "network_def", "initialize", "run"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,19 @@ def test_save_run_config_outside_a_bundle(tmp_path):
     info = json.loads((tmp_path / rd.RUN_INFO_FILENAME).read_text())
     assert info["seed"] == 7 and info["method"] == "dycon" and "versions" in info
     assert json.loads((tmp_path / "datalist.json").read_text()) == {"test": []}
+
+
+def test_error_summary_names_the_root_cause(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr("sys.excepthook", lambda *args: calls.append(args))
+    rd.install_error_summary()
+    rd.install_error_summary()  # idempotent
+    try:
+        try:
+            raise rd.DatasetNotFoundError("No readable ISLES'22 dataset: x")
+        except rd.DatasetNotFoundError as inner:
+            raise RuntimeError("Failed to evaluate ConfigExpression") from inner
+    except RuntimeError as outer:
+        sys.excepthook(type(outer), outer, outer.__traceback__)
+    assert len(calls) == 1  # the previous hook printed the traceback once
+    assert capsys.readouterr().err.strip() == "error: DatasetNotFoundError: No readable ISLES'22 dataset: x"

@@ -2,7 +2,8 @@
 
 The server runs from the MONAI Label environment made by ``make monailabel-env`` (default ``.venv-monailabel`` in
 the repository, or ``$MONAILABEL_VENV``). Without that environment the test is skipped, unless
-``DYCON_REQUIRE_MONAILABEL=1`` is set (CI), in which case it fails.
+``DYCON_REQUIRE_MONAILABEL=1`` is set (CI), in which case it fails. ``DYCON_MONAILABEL_BUNDLE=DIR`` serves another
+bundle folder instead of ``bundles/dycon_isles``.
 
 What it checks, on loopback with bounded waits, logs printed on failure:
 - ``GET /info/`` lists the model with the labels of the bundle's ``channel_def``, the trainer, and the
