@@ -9,7 +9,8 @@ and is imported lazily by :mod:`dycon_monai.monailabel`, so ``import dycon_monai
 - :class:`MostUncertainStrategy` (a MONAI Label ``Strategy``) hands out the unlabeled study with the highest stored
   score next.
 - :class:`DyCONBundleTrainTask` (a MONAI Label ``BundleTrainTask``) also hands the bundle the datastore's
-  unlabeled studies as DyCON's unlabeled stream.
+  unlabeled studies as DyCON's unlabeled stream, and has the bundle publish its trained weights to
+  ``<bundle>/models/model.pt``, the file MONAI Label serves.
 - :func:`with_dycon_active_learning` (class decorator) or :class:`DyCONActiveLearningMixin` adds them to a MONAI
   Label app (e.g. the ``monaibundle`` sample app's ``MyApp``).
 """
@@ -46,12 +47,14 @@ __all__ = [
     "dycon_strategies",
     "dycon_trainers",
     "UNLABELED_KEY",
+    "PUBLISH_KEY",
 ]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_KEY = "dycon_entropy"
 UNLABELED_KEY = "train#unlabeled_dataset#data"
+PUBLISH_KEY = "publish_model_to_bundle"
 
 
 class DyCONEntropyScoring(ScoringMethod):
@@ -229,40 +232,66 @@ class MostUncertainStrategy(Strategy):
 
 
 class DyCONBundleTrainTask(BundleTrainTask):
-    """``BundleTrainTask`` that also gives a DyCON bundle the datastore's unlabeled studies.
+    """``BundleTrainTask`` for a DyCON bundle: unlabeled datastore studies in, served weights out.
 
-    Stock MONAI Label hands a bundle only the labeled studies (``train#dataset#data``). DyCON learns from unlabeled
-    scans too: this task additionally sets the bundle's unlabeled stream (``unlabeled_key``, by default
-    ``train#unlabeled_dataset#data``) to ``[{"image": path}, ...]`` for every study of the datastore without a final
-    label. Everything else is the stock task.
+    - **Unlabeled stream.** Stock MONAI Label hands a bundle only the labeled studies (``train#dataset#data``).
+      DyCON learns from unlabeled scans too: this task additionally sets the bundle's unlabeled stream
+      (``unlabeled_key``, by default ``train#unlabeled_dataset#data``) to ``[{"image": path}, ...]`` for every study
+      of the datastore without a final label. Without it (request ``"dycon_unlabeled": false``, or no unlabeled
+      study left) the ``dycon_isles`` bundle uses the labeled images without their labels as its unlabeled stream.
+    - **Published weights.** When the bundle's train config has the key ``publish_key`` (default
+      ``publish_model_to_bundle``), it is set to true, so that the run ends by copying its best weights to
+      ``<bundle>/models/model.pt``: the file MONAI Label serves, and reloads when it changes. A command-line run of
+      the bundle keeps its default (false) and leaves the bundle's ``models/`` alone.
 
-    Request keys (besides the stock ones): ``dycon_unlabeled`` (default true; false gives exactly the stock
-    behaviour) and ``max_unlabeled`` (use at most this many unlabeled studies, by id order; 0 = all).
+    Everything else is the stock task.
+
+    Request keys (besides the stock ones): ``dycon_unlabeled`` (default ``unlabeled_default``) and
+    ``max_unlabeled`` (use at most this many unlabeled studies, by id order; 0 = all).
 
     Args:
         path: bundle folder.
         conf: app config.
         unlabeled_key: config id of the bundle's unlabeled data list.
+        publish_key: config id of the bundle's switch that publishes the trained weights to ``models/``.
+        unlabeled_default: default of the request's ``dycon_unlabeled``.
         kwargs: passed to ``BundleTrainTask``.
     """
 
-    def __init__(self, path: str, conf: dict[str, str], unlabeled_key: str = UNLABELED_KEY, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        path: str,
+        conf: dict[str, str],
+        unlabeled_key: str = UNLABELED_KEY,
+        publish_key: str = PUBLISH_KEY,
+        unlabeled_default: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(path, conf, **kwargs)
         self.unlabeled_key = unlabeled_key
+        self.publish_key = publish_key
+        self.unlabeled_default = unlabeled_default
         self._pending_unlabeled: list[dict[str, str]] | None = None
 
-    def has_unlabeled_stream(self) -> bool:
-        """Whether the bundle's train config has ``unlabeled_key`` (i.e. it is a semi-supervised DyCON bundle)."""
+    def _has_key(self, key: str) -> bool:
         if not self.is_valid():
             return False
         try:
-            return self.bundle_config.get(self.unlabeled_key) is not None
+            return self.bundle_config.get(key) is not None
         except (KeyError, ValueError, TypeError):
             return False
 
+    def has_unlabeled_stream(self) -> bool:
+        """Whether the bundle's train config has ``unlabeled_key`` (i.e. it is a semi-supervised DyCON bundle)."""
+        return self._has_key(self.unlabeled_key)
+
+    def publishes_model(self) -> bool:
+        """Whether the bundle's train config has the ``publish_key`` switch."""
+        return self._has_key(self.publish_key)
+
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> Any:
         self._pending_unlabeled = None
-        if _truthy(request.get("dycon_unlabeled", True)) and self.has_unlabeled_stream():
+        if _truthy(request.get("dycon_unlabeled", self.unlabeled_default)) and self.has_unlabeled_stream():
             ids = sorted(datastore.get_unlabeled_images())
             cap = int(request.get("max_unlabeled", 0) or 0)
             ids = ids[:cap] if cap > 0 else ids
@@ -277,6 +306,9 @@ class DyCONBundleTrainTask(BundleTrainTask):
     def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
         if self._pending_unlabeled:
             overrides[self.unlabeled_key] = self._pending_unlabeled
+        if self.publishes_model():
+            overrides[self.publish_key] = True
+            logger.info(f"DyCON train:: the trained weights go to {self.bundle_path}/models/model.pt")
         return overrides
 
 
@@ -340,19 +372,23 @@ def dycon_strategies(app: Any) -> dict[str, Strategy]:
 
 
 def dycon_trainers(app: Any, trainers: dict[str, TrainTask]) -> dict[str, TrainTask]:
-    """Replace stock ``BundleTrainTask`` s of semi-supervised DyCON bundles by :class:`DyCONBundleTrainTask`.
+    """Replace the stock ``BundleTrainTask`` of each DyCON bundle by :class:`DyCONBundleTrainTask`.
 
-    Off with the app config ``--conf dycon_train_unlabeled false``.
+    A DyCON bundle is one whose train config has the unlabeled stream (``train#unlabeled_dataset#data``) or the
+    ``publish_model_to_bundle`` switch. With the app config ``--conf dycon_train_unlabeled false`` the trainer feeds
+    no unlabeled datastore studies unless a request says ``"dycon_unlabeled": true``; it still publishes the
+    trained weights.
     """
-    if not _truthy(_app_conf(app).get("dycon_train_unlabeled", "true")):
-        return dict(trainers)
+    conf = _app_conf(app)
+    unlabeled = _truthy(conf.get("dycon_train_unlabeled", "true"))
     out = dict(trainers)
     for name, task in trainers.items():
         if type(task) is BundleTrainTask and task.is_valid():
-            replacement = DyCONBundleTrainTask(task.bundle_path, _app_conf(app))
-            if replacement.has_unlabeled_stream():
+            replacement = DyCONBundleTrainTask(task.bundle_path, conf, unlabeled_default=unlabeled)
+            if replacement.has_unlabeled_stream() or replacement.publishes_model():
                 out[name] = replacement
-                logger.info(f"+++ Trainer {name}: unlabeled datastore studies feed {UNLABELED_KEY}")
+                feeds = f"unlabeled datastore studies feed {UNLABELED_KEY}" if unlabeled else "no unlabeled studies"
+                logger.info(f"+++ Trainer {name}: DyCON train task ({feeds})")
     return out
 
 
@@ -361,8 +397,9 @@ def with_dycon_active_learning(cls: type) -> type:
 
     The class keeps its name and bases (MONAI Label finds the app as the class in ``main.py`` that lists
     ``MONAILabelApp`` among its direct bases), and its own ``init_scoring_methods`` / ``init_strategies`` still run;
-    their results are extended with ``dycon_entropy``, and the stock trainer of a semi-supervised DyCON bundle is
-    replaced by :class:`DyCONBundleTrainTask` (unlabeled datastore studies feed the unlabeled stream). In the
+    their results are extended with ``dycon_entropy``, and the stock trainer of a DyCON bundle is replaced by
+    :class:`DyCONBundleTrainTask` (unlabeled datastore studies feed the unlabeled stream; the trained weights are
+    published to the bundle's ``models/model.pt``). In the
     ``monaibundle`` sample app::
 
         from dycon_monai.monailabel import with_dycon_active_learning
@@ -374,7 +411,7 @@ def with_dycon_active_learning(cls: type) -> type:
     App config keys (``--conf KEY VALUE``): ``dycon_scoring_model`` (bundle name; default the first of
     ``--conf models``), ``dycon_bundle_path`` (a bundle folder instead), ``dycon_top_fraction`` (average only
     the most uncertain voxels), ``dycon_reserve_seconds`` (skip a study handed out that recently),
-    ``dycon_train_unlabeled`` (``false``: keep the stock trainer).
+    ``dycon_train_unlabeled`` (``false``: feed no unlabeled studies unless a request asks for them).
     """
     own_scoring = cls.init_scoring_methods
     own_strategies = cls.init_strategies

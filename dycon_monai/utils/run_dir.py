@@ -15,6 +15,11 @@ Every function here is meant to be called from a bundle config expression (``"$d
   model on several processes (``torchrun``), with the same teacher on every rank.
 - :func:`resolve_bundle_root` finds the bundle folder from the config file that is being run, so the bundle works
   from the repository root as well as from inside the bundle.
+- :func:`unlabeled_training_data` gives the unlabeled stream: the datalist's unlabeled split when the labeled data
+  comes from ``dataset_dir``, the labeled images without their labels when the labeled data is given directly (as
+  MONAI Label does).
+- :func:`publish_model` copies a run's inference weights to ``<bundle_root>/models/model.pt``, only when asked to
+  (MONAI Label serves that file).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -53,10 +59,13 @@ __all__ = [
     "find_images",
     "install_error_summary",
     "log_to_file",
+    "make_run_dir",
+    "publish_model",
     "resolve_bundle_root",
     "save_run_config",
     "summarize_datalists",
     "training_run_info",
+    "unlabeled_training_data",
 ]
 
 logger = logging.getLogger(__name__)
@@ -140,11 +149,25 @@ def _broadcast_from_rank0(payload: Any) -> Any:
     return box[0]
 
 
+def _timestamped_name(prefix: str) -> str:
+    return f"{prefix}_{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _plan_run_dir_local(output_dir: Path, name: str | None, prefix: str) -> Path:
+    if name:
+        return output_dir / name
+    base = _timestamped_name(prefix)
+    for attempt in range(1, 1000):
+        candidate = output_dir / (base if attempt == 1 else f"{base}_{attempt}")
+        if not candidate.exists():
+            return candidate
+    raise FileExistsError(f"Could not find a free run directory name {base}_N under {output_dir}.")
+
+
 def _make_run_dir_local(output_dir: Path, name: str | None, prefix: str, overwrite: bool) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     if not name:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = f"{prefix}_{stamp}"
+        base = _timestamped_name(prefix)
         for attempt in range(1, 1000):
             candidate = output_dir / (base if attempt == 1 else f"{base}_{attempt}")
             try:
@@ -178,11 +201,35 @@ def _make_run_dir_local(output_dir: Path, name: str | None, prefix: str, overwri
     return run_dir
 
 
+def _run_name(name: str | None) -> str | None:
+    return None if name in (None, "", "None", "null") else str(name)
+
+
+def _path_from_rank0(make: Any, what: str) -> str:
+    """Run ``make() -> Path`` on rank 0 and return its result as a string on every rank (errors too)."""
+    rank, _ = _dist_rank_world()
+    result: tuple[str, str]
+    if rank == 0:
+        try:
+            result = ("ok", str(make()))
+        except Exception as err:  # handed to the other ranks so that none of them waits forever
+            result = ("error", f"{type(err).__name__}: {err}")
+            _broadcast_from_rank0(result)
+            raise
+    else:
+        result = ("", "")
+    status, value = _broadcast_from_rank0(result)
+    if status != "ok":
+        raise FileExistsError(f"rank 0 could not {what}: {value}")
+    return value
+
+
 def create_run_dir(
     output_dir: str | os.PathLike,
     name: str | None = None,
     prefix: str = "run",
     overwrite: bool | str = False,
+    create: bool | str = True,
 ) -> str:
     """Create the output folder of one run and return its absolute path.
 
@@ -190,6 +237,11 @@ def create_run_dir(
     exists), created atomically, so an earlier run is never touched. With ``name`` the folder is
     ``<output_dir>/<name>``; if it already holds files the call refuses, unless ``overwrite`` is true, in which
     case the earlier run (recognised by its ``run_info.json``) is deleted first.
+
+    With ``create=False`` nothing is created or checked: the call only returns the path the run will use (for a
+    time-stamped name, the first one not taken now). A config whose ``run_dir`` is read by components that are built
+    without running the workflow (MONAI Label builds ``inference.json``'s post-processing for every model it loads)
+    uses this, and creates the folder in its ``initialize`` step with :func:`make_run_dir`.
 
     Under ``torch.distributed`` rank 0 creates the folder and every rank returns the same path; an error on rank 0
     is raised on every rank.
@@ -199,31 +251,63 @@ def create_run_dir(
         name: folder name of this run; ``None`` or ``""`` for a new time-stamped name.
         prefix: first part of a time-stamped name, e.g. ``"train"`` or ``"eval"``.
         overwrite: allow replacing an existing run of the same ``name`` (bool or "true"/"false").
+        create: false to only plan the path (see above).
 
     Returns:
-        The absolute path of the new, empty run folder.
+        The absolute path of the new, empty run folder (of the folder to create, with ``create=False``).
 
     Raises:
         FileExistsError: the named folder holds an earlier run and ``overwrite`` is false, or it is not a run
             folder of this bundle.
     """
     overwrite = as_bool(overwrite, "overwrite")
-    name = None if name in (None, "", "None", "null") else str(name)
-    rank, _ = _dist_rank_world()
-    result: tuple[str, str]
-    if rank == 0:
+    name = _run_name(name)
+    root = Path(output_dir).expanduser().absolute()
+    if not as_bool(create, "create"):
+        value = _path_from_rank0(lambda: _plan_run_dir_local(root, name, prefix), "choose the run directory")
+        logger.debug("Run directory (created when the run starts): %s", value)
+        return value
+    value = _path_from_rank0(lambda: _make_run_dir_local(root, name, prefix, overwrite), "create the run directory")
+    logger.info("Run directory: %s", value)
+    return value
+
+
+def make_run_dir(run_dir: str | os.PathLike, name: str | None = None, overwrite: bool | str = False) -> str:
+    """Create the run folder planned by ``create_run_dir(..., create=False)``, with the same rules.
+
+    A named run (``name`` given, i.e. ``--run_name``) gets the checks of :func:`create_run_dir`: an existing folder
+    holding files is refused unless ``overwrite`` is true (and then only if it is a run folder of this bundle). A
+    time-stamped folder must not exist yet: if another run took the same name in the meantime, the call stops
+    instead of sharing the folder.
+
+    Args:
+        run_dir: the planned path (``@run_dir``).
+        name: the run's ``run_name`` (``None`` for a time-stamped folder).
+        overwrite: as for :func:`create_run_dir`.
+
+    Returns:
+        The absolute path of the new, empty run folder.
+
+    Raises:
+        FileExistsError: as for :func:`create_run_dir`, or the time-stamped folder exists already.
+    """
+    overwrite = as_bool(overwrite, "overwrite")
+    path = Path(run_dir).expanduser().absolute()
+
+    def make() -> Path:
+        if _run_name(name):
+            return _make_run_dir_local(path.parent, path.name, "run", overwrite)
+        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            path = _make_run_dir_local(Path(output_dir).expanduser().absolute(), name, prefix, overwrite)
-            result = ("ok", str(path))
-        except Exception as err:  # handed to the other ranks so that none of them waits forever
-            result = ("error", f"{type(err).__name__}: {err}")
-            _broadcast_from_rank0(result)
-            raise
-    else:
-        result = ("", "")
-    status, value = _broadcast_from_rank0(result)
-    if status != "ok":
-        raise FileExistsError(f"rank 0 could not create the run directory: {value}")
+            path.mkdir(exist_ok=False)
+        except FileExistsError:
+            raise FileExistsError(
+                f"Run directory {path} was created by another run that started in the same second. Start this run "
+                "again (it gets a new name) or choose a --run_name."
+            ) from None
+        return path
+
+    value = _path_from_rank0(make, "create the run directory")
     logger.info("Run directory: %s", value)
     return value
 
@@ -493,6 +577,126 @@ def summarize_datalists(**splits: Sequence[Mapping[str, Any]] | None) -> dict[st
             f"{counts})."
         )
     return counts
+
+
+def _refers_to(raw: Any, config_id: str) -> bool:
+    """Whether the raw config value ``raw`` is an expression or reference that uses ``@config_id``."""
+    if not isinstance(raw, str) or not raw.startswith(("$", "@")):
+        return False
+    return re.search(rf"@{re.escape(config_id)}(?![\w#])", raw) is not None
+
+
+def unlabeled_training_data(
+    labeled: Sequence[Mapping[str, Any]],
+    datalist: Mapping[str, Any] | None = None,
+    split: str = "training_unlabeled",
+    labeled_id: str = "train#dataset#data",
+    datalist_id: str = "datalist",
+) -> list[dict[str, Any]]:
+    """The unlabeled training stream, following where the labeled training data comes from.
+
+    - The labeled data comes from the dataset's datalist (``train#dataset#data`` is still
+      ``"$@datalist['training_labeled']"``, as in ``python -m monai.bundle run ... --dataset_dir DIR``): the
+      datalist's unlabeled split, ``datalist[split]`` (built once; a ``dataset_dir`` without readable data has
+      already stopped the run with :class:`DatasetNotFoundError` while the labeled data was read).
+    - The labeled data is given directly as a list (MONAI Label's ``BundleTrainTask`` replaces
+      ``train#dataset#data`` by the datastore's labeled studies and reads no ``dataset_dir``): the images of the
+      labeled cases, **without** their labels, ``[{"image": item["image"]}, ...]``, so that the Mean-Teacher terms
+      still see data. ``dycon_monai.monailabel.DyCONBundleTrainTask`` replaces this by the datastore's unlabeled
+      studies (it sets ``train#unlabeled_dataset#data`` itself).
+
+    The choice is made from the raw config of the bundle being parsed (found on the call stack); outside a bundle
+    config pass ``datalist`` to get its unlabeled split, or nothing to get the labeled images.
+
+    Args:
+        labeled: the labeled training items (``@train#dataset#data``).
+        datalist: a datalist whose ``split`` to return (optional).
+        split: name of the unlabeled split in the datalist.
+        labeled_id: config id of the labeled data.
+        datalist_id: config id of the datalist.
+
+    Returns:
+        Datalist items for the unlabeled stream; none of them has a label key.
+
+    Raises:
+        KeyError: the datalist has no ``split``, or a labeled item has no ``"image"``.
+    """
+    if datalist is None:
+        parser = _active_parser()
+        if parser is not None and _refers_to(parser.get(labeled_id), datalist_id):
+            datalist = parser.get_parsed_content(datalist_id)
+    if datalist is not None:
+        if split not in datalist:
+            raise KeyError(f"The datalist has no '{split}' split (it has {sorted(datalist)}).")
+        return list(datalist[split])
+    items = []
+    for index, item in enumerate(labeled):
+        if "image" not in item:
+            raise KeyError(f"Labeled training item {index} has no 'image' key (keys: {sorted(item)}).")
+        items.append({"image": item["image"]})
+    logger.info(
+        "Unlabeled stream: the %d labeled training images without their labels (the labeled data was given "
+        "directly, not read from dataset_dir)",
+        len(items),
+    )
+    return items
+
+
+def publish_model(
+    ckpt_dir: str | os.PathLike,
+    bundle_root: str | os.PathLike,
+    enabled: bool | str = False,
+    network: torch.nn.Module | None = None,
+    filename: str = "model.pt",
+) -> str | None:
+    """Copy a training run's inference weights to ``<bundle_root>/models/<filename>``, only when ``enabled``.
+
+    MONAI Label serves (and reloads when it changes) ``<bundle_root>/models/model.pt``; its train task turns this on
+    (``publish_model_to_bundle``), a command-line run leaves the bundle alone unless ``--publish_model_to_bundle
+    true`` is given. The copied file is the run's best weights by validation, ``<ckpt_dir>/<filename>``; when the
+    run saved none (no validation with a finite metric), ``network``'s final weights are saved instead. The file is
+    written to a temporary name next to the target and renamed over it, so a reader sees the old weights or the
+    new ones, never a partial file. Rank 0 only under ``torch.distributed``.
+
+    Args:
+        ckpt_dir: the run's model folder (``@ckpt_dir``).
+        bundle_root: the bundle folder (``@bundle_root``).
+        enabled: publish or not (bool or "true"/"false").
+        network: the trained inference network (its ``state_dict`` is the fallback).
+        filename: weights file name, in ``ckpt_dir`` and in ``<bundle_root>/models``.
+
+    Returns:
+        The path written, or ``None`` when not enabled (or not rank 0).
+
+    Raises:
+        FileNotFoundError: enabled, but the run saved no weights and no ``network`` was given.
+    """
+    if not as_bool(enabled, "publish_model_to_bundle") or _dist_rank_world()[0] != 0:
+        return None
+    source = Path(ckpt_dir) / filename
+    target = Path(bundle_root) / "models" / filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_file() and source.resolve() == target.resolve():
+        return str(target)
+    tmp = target.parent / f".tmp-{filename}-{os.getpid()}"
+    try:
+        if source.is_file():
+            what = f"best weights {source}"
+            shutil.copyfile(source, tmp)
+        elif network is not None:
+            what = f"final weights of the run (no {source} was saved)"
+            module = network.module if hasattr(network, "module") else network
+            torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
+        else:
+            raise FileNotFoundError(f"Cannot publish the model: the run saved no {source} and no network was given.")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    logger.info("Published the %s to %s", what, target)
+    return str(target)
 
 
 def find_images(
