@@ -29,7 +29,7 @@ from torch import nn
 from torch.optim.optimizer import Optimizer
 
 from dycon_monai.losses import FeCLLoss, UnCLLoss, patch_entropy, patchify_embeddings, patchify_labels
-from dycon_monai.networks.dycon_net import check_feature_grid, unwrap_module
+from dycon_monai.networks.dycon_net import unwrap_module
 from dycon_monai.utils.schedules import sigmoid_rampup
 
 __all__ = [
@@ -701,7 +701,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
         emb = None
         with self._autocast():
             if self.fecl_active:
-                logits, emb = engine.network(x, with_embeddings=True)
+                logits, emb = engine.network(x, with_embeddings=True, grid_size=self.fecl_grid_size)
             else:
                 logits = engine.network(x)
         state.output[Keys.PRED] = logits[:n_l]
@@ -716,7 +716,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
                 t_in = self._perturb(x if self._teacher_on_all else x[n_l:])
                 with self._autocast():
                     if self._fecl_uses_teacher:
-                        t_logits, t_emb = teacher(t_in, with_embeddings=True)
+                        t_logits, t_emb = teacher(t_in, with_embeddings=True, grid_size=self.fecl_grid_size)
                     else:
                         t_logits = teacher(t_in)
             t_logits = t_logits.float()
@@ -833,10 +833,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
         targets: torch.Tensor,
         n_l: int,
     ) -> torch.Tensor:
-        g = self.fecl_grid_size
-        check_feature_grid(
-            emb.shape, g, getattr(unwrap_module(self.network), "feature_layer", "feature layer"), x.shape
-        )
+        g = self.fecl_grid_size  # the networks returned embeddings already pooled onto the g^3 grid
         if s_logits.shape[1] > 2:
             raise ValueError(
                 f"FeCL patch labels are binary (foreground when the mean label > {self.fecl_label_threshold}); the "

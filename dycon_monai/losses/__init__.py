@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .fecl import FeCLLoss, patch_entropy, patchify_embeddings, patchify_labels
+from .fecl import FeCLLoss, patch_entropy, patchify_embeddings, patchify_labels, pool_to_grid
 from .uncl import UnCLLoss, uncl_voxel_terms
 
 __all__ = [
@@ -11,5 +11,6 @@ __all__ = [
     "patch_entropy",
     "patchify_embeddings",
     "patchify_labels",
+    "pool_to_grid",
     "uncl_voxel_terms",
 ]

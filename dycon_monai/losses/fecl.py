@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from dycon_monai.utils.schedules import fecl_reference_threshold
 
-__all__ = ["FeCLLoss", "patch_entropy", "patchify_embeddings", "patchify_labels"]
+__all__ = ["FeCLLoss", "patch_entropy", "patchify_embeddings", "patchify_labels", "pool_to_grid"]
 
 _VARIANTS = ("paper", "reference")
 _HARD_NEGATIVE_MODES = ("denominator", "auxiliary", "none")
@@ -33,8 +33,12 @@ _NEG_INF = float("-inf")
 # ----------------------------------------------------------------------------------------------------------------------
 # patch helpers
 # ----------------------------------------------------------------------------------------------------------------------
-def _adaptive_pool(x: torch.Tensor, grid_size: int) -> torch.Tensor:
-    """Adaptive average pooling of ``(B, C, *spatial)`` onto ``grid_size`` per spatial dim (1, 2 or 3 dims)."""
+def pool_to_grid(x: torch.Tensor, grid_size: int) -> torch.Tensor:
+    """Adaptive average pooling of ``(B, C, *spatial)`` onto ``grid_size`` per spatial dim (1, 2 or 3 dims).
+
+    The one pooling that defines FeCL's patches: :func:`patchify_embeddings`, :func:`patchify_labels`,
+    :func:`patch_entropy` and :class:`~dycon_monai.networks.ProjectionHead` (when asked for pooled embeddings) use it.
+    """
     spatial = x.ndim - 2
     pools = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
     if spatial not in pools:
@@ -68,7 +72,7 @@ def patchify_embeddings(emb_map: torch.Tensor, grid_size: int = 16) -> torch.Ten
         )
     if not emb_map.is_floating_point():
         raise ValueError(f"patchify_embeddings expects a floating emb_map, got dtype {emb_map.dtype}.")
-    pooled = _adaptive_pool(emb_map, grid_size)
+    pooled = pool_to_grid(emb_map, grid_size)
     return pooled.flatten(2).transpose(1, 2)
 
 
@@ -113,9 +117,9 @@ def patchify_labels(
                 f"patchify_labels expects a binary label with values in [0, 1], got values in [{lo}, {hi}] "
                 f"(shape {tuple(label.shape)}); map multi-class labels to binary or one-hot (B, C, *spatial) first."
             )
-        pooled = _adaptive_pool(x, grid_size)
+        pooled = pool_to_grid(x, grid_size)
         return (pooled.flatten(1) > threshold).long()
-    pooled = _adaptive_pool(x, grid_size)
+    pooled = pool_to_grid(x, grid_size)
     return pooled.flatten(2).argmax(dim=1)
 
 
@@ -154,7 +158,7 @@ def patch_entropy(
     logits = p.clamp_min(eps).log() / gambling_temperature + (1.0 - p.amax(dim=1, keepdim=True))
     log_q = F.log_softmax(logits, dim=1)
     ent = -(log_q.exp() * log_q).sum(dim=1, keepdim=True) / math.log(p.shape[1])
-    return _adaptive_pool(ent.clamp_(0.0, 1.0), grid_size).flatten(1)
+    return pool_to_grid(ent.clamp_(0.0, 1.0), grid_size).flatten(1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

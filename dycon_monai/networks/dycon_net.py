@@ -227,29 +227,37 @@ class DyCONNet(nn.Module):
             self.head.to(device=reference.device, dtype=reference.dtype)
 
     def forward(
-        self, x: torch.Tensor, with_embeddings: bool = False
+        self, x: torch.Tensor, with_embeddings: bool = False, grid_size: int | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Segmentation logits of the backbone, ``(B, C, *spatial)`` (identical to ``self.backbone(x)``).
 
-        ``with_embeddings=True`` returns :meth:`forward_features` instead; trainers call it that way so that a
-        ``DistributedDataParallel`` wrapper around the network sees the embedding pass as its forward.
+        ``with_embeddings=True`` returns :meth:`forward_features` (with ``grid_size``) instead; trainers call it that
+        way so that a ``DistributedDataParallel`` wrapper around the network sees the embedding pass as its forward.
         """
         if with_embeddings:
-            return self.forward_features(x)
+            return self.forward_features(x, grid_size=grid_size)
         return self.backbone(x)
 
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, grid_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and FeCL embeddings from a single backbone pass.
 
         The feature map is captured by a forward hook that exists only during this call, so the backbone stays a
         plain module (``torch.jit.script(net.backbone)``, pickling and ``copy.deepcopy`` see no hook).
 
+        Args:
+            x: ``(B, C_in, *spatial)`` input.
+            grid_size: when given, the embeddings come back already averaged onto FeCL's ``grid_size^d`` patch grid:
+                equal to ``patchify_embeddings`` of the full map at a fraction of the cost (see
+                :class:`ProjectionHead`), after checking that the feature map has at least ``grid_size`` voxels per
+                axis (:func:`check_feature_grid`).
+
         Returns:
-            ``(logits (B, C, *spatial), embeddings (B, embedding_dim, *feature_spatial))``.
+            ``(logits (B, C, *spatial), embeddings (B, embedding_dim, *feature_spatial))``; with ``grid_size`` the
+            embeddings are ``(B, embedding_dim, grid_size, ...)``.
 
         Raises:
             RuntimeError: when the feature layer did not run during the forward pass.
-            ValueError: when its output does not have ``feature_channels`` channels.
+            ValueError: when its output does not have ``feature_channels`` channels or is smaller than ``grid_size``.
         """
         captured: list[torch.Tensor] = []
         module = self.backbone.get_submodule(self.feature_layer)
@@ -276,4 +284,6 @@ class DyCONNet(nn.Module):
                 f"(shape {tuple(features.shape)}) but feature_channels={self.feature_channels}; pass "
                 f"feature_channels={features.shape[1]}."
             )
-        return logits, self.head(features)
+        if grid_size is not None:
+            check_feature_grid(features.shape, grid_size, self.feature_layer, x.shape)
+        return logits, self.head(features, grid_size=grid_size)

@@ -9,6 +9,8 @@ from monai.networks.blocks import SimpleASPP
 from monai.networks.layers.factories import Conv
 from torch import nn
 
+from dycon_monai.losses.fecl import pool_to_grid
+
 __all__ = ["ProjectionHead"]
 
 
@@ -68,11 +70,22 @@ class ProjectionHead(nn.Module):
         conv_type = Conv[Conv.CONV, spatial_dims]
         self.proj = conv_type(aspp_channels * len(kernel_sizes), embedding_dim, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``(B, in_channels, *spatial)`` features to ``(B, embedding_dim, *spatial)`` embeddings."""
+    def forward(self, x: torch.Tensor, grid_size: int | None = None) -> torch.Tensor:
+        """Map ``(B, in_channels, *spatial)`` features to ``(B, embedding_dim, *spatial)`` embeddings.
+
+        Args:
+            x: ``(B, in_channels, *spatial)`` features.
+            grid_size: when given, return the embeddings already averaged onto FeCL's ``grid_size^d`` patch grid,
+                ``(B, embedding_dim, grid_size, ...)``. The final 1x1x1 projection is affine, so projecting the
+                averaged ASPP output equals averaging the projected map (``patchify_embeddings`` of the full map),
+                while the projection runs on ``grid_size^d`` positions instead of the whole map.
+        """
         if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"ProjectionHead expects features of shape (B, {self.in_channels}, *spatial) with "
                 f"{self.spatial_dims} spatial dims, got {tuple(x.shape)}."
             )
-        return self.proj(self.aspp(x))
+        features = self.aspp(x)
+        if grid_size is not None:
+            features = pool_to_grid(features, grid_size)
+        return self.proj(features)

@@ -301,7 +301,7 @@ def test_wrapped_network_goes_through_the_wrapper_forward():
     calls = []
     wrapped.register_forward_pre_hook(lambda m, a, kw: calls.append(kw), with_kwargs=True)
     trainer.run()
-    assert calls == [{"with_embeddings": True}] * 2
+    assert calls == [{"with_embeddings": True, "grid_size": trainer.fecl_grid_size}] * 2
     assert trainer.teacher_network is not wrapped.module and not isinstance(
         trainer.teacher_network, torch.nn.DataParallel
     )

@@ -6,6 +6,7 @@ import pytest
 import torch
 from monai.networks.nets import BasicUNet, DynUNet, UNet, VNet
 
+from dycon_monai.losses import patchify_embeddings
 from dycon_monai.networks import (
     DyCONNet,
     ProjectionHead,
@@ -51,6 +52,31 @@ def test_forward_is_the_backbone_and_features_come_from_the_same_pass(make, size
     torch.testing.assert_close(logits2, logits, rtol=0, atol=0)
     assert emb.shape == (2, 16, size // 2, size // 2, size // 2)  # default feature layer: half resolution
     assert not any(m._forward_hooks for m in net.backbone.modules())  # the hook lives only during the call
+
+
+def test_pooled_embeddings_equal_patchified_full_map_values_and_gradients():
+    """Pooling before the affine 1x1x1 projection is exact: same patch embeddings and gradients as pooling after."""
+    net = DyCONNet(_unet(), embedding_dim=16)
+    x = torch.randn(2, 1, 32, 32, 32)
+    weights = torch.randn(2, 4**3, 16)
+
+    def run(grid_size):
+        net.zero_grad()
+        _, emb = net.forward_features(x, grid_size=grid_size)
+        patches = patchify_embeddings(emb, 4)  # identity pooling when emb is already on the 4^3 grid
+        (patches * weights).sum().backward()
+        return patches.detach(), [None if p.grad is None else p.grad.clone() for p in net.parameters()]
+
+    full, grads_full = run(None)
+    pooled, grads_pooled = run(4)
+    torch.testing.assert_close(pooled, full, rtol=1e-5, atol=1e-6)
+    assert sum(g is not None for g in grads_full) > 0
+    for g_pooled, g_full in zip(grads_pooled, grads_full):
+        assert (g_pooled is None) == (g_full is None)
+        if g_full is not None:
+            torch.testing.assert_close(g_pooled, g_full, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match=r"FeCL grid 32\^3 needs a feature map of at least 32 voxels"):
+        net.forward_features(x, grid_size=32)
 
 
 def test_default_feature_layers():
