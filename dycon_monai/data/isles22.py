@@ -40,7 +40,6 @@ import os
 import re
 import struct
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,8 @@ from typing import Any, Union
 
 import nibabel as nib
 import numpy as np
+
+from dycon_monai.utils.io import atomic_write_text
 
 __all__ = [
     "DataError",
@@ -648,21 +649,7 @@ def save_datalist(datalist: Mapping[str, Any], path: PathLike) -> Path:
     Returns:
         The path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(datalist, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(datalist, indent=2) + "\n", fsync=True)
 
 
 def load_datalist(path: PathLike) -> dict[str, Any]:

@@ -37,7 +37,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -47,6 +46,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from dycon_monai.utils.io import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "REFERENCE_VOXEL_VOLUME_MM3",
@@ -459,16 +460,7 @@ def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, compressleve
     data = img.to_bytes()
     if path.name.endswith(".gz"):
         data = gzip.compress(data, compresslevel=compresslevel, mtime=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, data)
 
 
 def _case_paths(root: Path, cid: str) -> dict[str, Path]:
@@ -557,10 +549,7 @@ def make_synthetic_cohort(
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 def lesion_statistics(label: np.ndarray) -> dict:

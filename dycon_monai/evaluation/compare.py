@@ -20,8 +20,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dycon_monai.evaluation._io import atomic_save_figure, atomic_write_text, read_metrics_csv
+from dycon_monai.evaluation._io import read_metrics_csv
 from dycon_monai.evaluation.strata import DISTRIBUTION_STRATA, SIZE_STRATA, summarize_cases
+from dycon_monai.utils.io import atomic_save_figure, atomic_write_text
 
 __all__ = [
     "PAPER_RESULTS",

@@ -16,8 +16,8 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from dycon_monai.evaluation._io import atomic_save_figure
 from dycon_monai.evaluation.metrics import as_binary_mask
+from dycon_monai.utils.io import atomic_save_figure
 
 __all__ = [
     "TP_COLOR",

@@ -19,12 +19,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
+import torch  # noqa: F401  (``dycon_monai.handlers.checkpoint.torch`` stays importable for callers and tests)
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 from torch import nn
 
 from dycon_monai.networks.dycon_net import unwrap_module
+from dycon_monai.utils.io import TMP_PREFIX, atomic_torch_save
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -34,45 +35,7 @@ __all__ = [
     "latest_checkpoint",
 ]
 
-_TMP_PREFIX = ".tmp-"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj, path)`` such that ``path`` is either the old file or the complete new one, never partial.
-
-    Writes ``<dir>/.tmp-<name>-<pid>``, ``fsync``s it, ``os.replace``s it onto ``path`` and ``fsync``s the directory.
-    The temporary file is removed if saving fails.
-
-    Returns:
-        The final path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{_TMP_PREFIX}{path.name}-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+_TMP_PREFIX = TMP_PREFIX  # temporary files of atomic_torch_save; leftovers of a killed run are removed
 
 
 def _state_of(obj: Any) -> Any:

@@ -17,7 +17,6 @@ from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
 from monai.data.utils import affine_to_spacing
 
-from dycon_monai.evaluation._io import atomic_save_nifti, atomic_write_csv, atomic_write_json
 from dycon_monai.evaluation.metrics import CASE_METRIC_KEYS, as_binary_mask, case_metrics
 from dycon_monai.evaluation.pictures import save_overlay
 from dycon_monai.evaluation.strata import (
@@ -27,6 +26,7 @@ from dycon_monai.evaluation.strata import (
     summarize_cases,
 )
 from dycon_monai.evaluation.transforms import prediction_entropy
+from dycon_monai.utils.io import atomic_save_nifti, atomic_write_csv, atomic_write_json
 
 __all__ = ["CaseMetricsWriter", "METRICS_CSV_COLUMNS"]
 

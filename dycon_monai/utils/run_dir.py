@@ -11,8 +11,6 @@ Every function here is meant to be called from a bundle config expression (``"$d
   any error with a one-line summary of its root cause (:func:`install_error_summary`).
 - :func:`check_dataset` stops at once, naming the expected ISLES'22 layout and the demo command, when the dataset
   folder holds no readable data.
-- :func:`attach_gradient_sync` and :func:`check_identical_across_ranks` make ``multi_gpu_train.json`` train one
-  model on several processes (``torchrun``), with the same teacher on every rank.
 - :func:`resolve_bundle_root` finds the bundle folder from the config file that is being run, so the bundle works
   from the repository root as well as from inside the bundle.
 - :func:`unlabeled_training_data` gives the unlabeled stream: the datalist's unlabeled split when the labeled data
@@ -27,7 +25,6 @@ from __future__ import annotations
 import ast
 import difflib
 import glob
-import hashlib
 import inspect
 import json
 import logging
@@ -43,15 +40,16 @@ from typing import Any
 
 import torch
 
+from dycon_monai.utils.dist import broadcast_from_rank0, rank_and_world_size
+from dycon_monai.utils.io import atomic_copyfile, atomic_torch_save, atomic_write_text
+
 __all__ = [
     "RUN_INFO_FILENAME",
     "CONFIG_FILENAME",
     "DatasetNotFoundError",
     "as_bool",
     "active_config",
-    "attach_gradient_sync",
     "check_dataset",
-    "check_identical_across_ranks",
     "check_model_path",
     "check_overrides",
     "close_log_file",
@@ -133,22 +131,6 @@ def as_bool(value: Any, name: str = "value") -> bool:
     raise ValueError(f"{name} must be true or false, got {value!r}.")
 
 
-def _dist_rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _broadcast_from_rank0(payload: Any) -> Any:
-    """Return rank 0's ``payload`` on every rank (identity when not distributed)."""
-    _, world = _dist_rank_world()
-    if world == 1:
-        return payload
-    box = [payload]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def _timestamped_name(prefix: str) -> str:
     return f"{prefix}_{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -207,18 +189,18 @@ def _run_name(name: str | None) -> str | None:
 
 def _path_from_rank0(make: Any, what: str) -> str:
     """Run ``make() -> Path`` on rank 0 and return its result as a string on every rank (errors too)."""
-    rank, _ = _dist_rank_world()
+    rank, _ = rank_and_world_size()
     result: tuple[str, str]
     if rank == 0:
         try:
             result = ("ok", str(make()))
         except Exception as err:  # handed to the other ranks so that none of them waits forever
             result = ("error", f"{type(err).__name__}: {err}")
-            _broadcast_from_rank0(result)
+            broadcast_from_rank0(result)
             raise
     else:
         result = ("", "")
-    status, value = _broadcast_from_rank0(result)
+    status, value = broadcast_from_rank0(result)
     if status != "ok":
         raise FileExistsError(f"rank 0 could not {what}: {value}")
     return value
@@ -671,30 +653,22 @@ def publish_model(
     Raises:
         FileNotFoundError: enabled, but the run saved no weights and no ``network`` was given.
     """
-    if not as_bool(enabled, "publish_model_to_bundle") or _dist_rank_world()[0] != 0:
+    if not as_bool(enabled, "publish_model_to_bundle") or rank_and_world_size()[0] != 0:
         return None
     source = Path(ckpt_dir) / filename
     target = Path(bundle_root) / "models" / filename
     target.parent.mkdir(parents=True, exist_ok=True)
     if source.is_file() and source.resolve() == target.resolve():
         return str(target)
-    tmp = target.parent / f".tmp-{filename}-{os.getpid()}"
-    try:
-        if source.is_file():
-            what = f"best weights {source}"
-            shutil.copyfile(source, tmp)
-        elif network is not None:
-            what = f"final weights of the run (no {source} was saved)"
-            module = network.module if hasattr(network, "module") else network
-            torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
-        else:
-            raise FileNotFoundError(f"Cannot publish the model: the run saved no {source} and no network was given.")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    if source.is_file():
+        what = f"best weights {source}"
+        atomic_copyfile(source, target)
+    elif network is not None:
+        what = f"final weights of the run (no {source} was saved)"
+        module = network.module if hasattr(network, "module") else network
+        atomic_torch_save({k: v.detach().cpu() for k, v in module.state_dict().items()}, target)
+    else:
+        raise FileNotFoundError(f"Cannot publish the model: the run saved no {source} and no network was given.")
     logger.info("Published the %s to %s", what, target)
     return str(target)
 
@@ -813,9 +787,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _write_json_atomic(path: Path, content: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(content), indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(_jsonable(content), indent=2) + "\n")
 
 
 def save_run_config(
@@ -841,7 +813,7 @@ def save_run_config(
     Returns:
         ``run_dir``, so that the call can be chained in a config expression.
     """
-    rank, world = _dist_rank_world()
+    rank, world = rank_and_world_size()
     if rank != 0:
         return str(run_dir)
     folder = Path(run_dir)
@@ -875,7 +847,7 @@ def log_to_file(run_dir: str | os.PathLike, filename: str = "log.txt", level: in
     The handler is attached to the root logger until :func:`close_log_file` (the configs' ``finalize``) removes it.
     """
     path = str(Path(run_dir) / filename)
-    rank, _ = _dist_rank_world()
+    rank, _ = rank_and_world_size()
     if rank == 0 and path not in _LOG_HANDLERS:
         handler = logging.FileHandler(path)
         handler.setLevel(level)
@@ -891,128 +863,3 @@ def close_log_file(run_dir: str | os.PathLike, filename: str = "log.txt") -> Non
     if handler is not None:
         logging.getLogger().removeHandler(handler)
         handler.close()
-
-
-def _module_digest(module: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def check_identical_across_ranks(
-    modules: Mapping[str, torch.nn.Module], run_dir: str | os.PathLike | None = None
-) -> dict[str, list[str]]:
-    """Check that each module has bit-identical weights on every ``torch.distributed`` rank.
-
-    Each rank hashes the module's ``state_dict``; the hashes are gathered and compared. Rank 0 writes them to
-    ``<run_dir>/distributed_check.json``.
-
-    Args:
-        modules: name -> module, e.g. ``{"teacher": @train#trainer.teacher_network}``.
-        run_dir: where rank 0 writes the result (optional).
-
-    Returns:
-        Name -> the hash on each rank.
-
-    Raises:
-        RuntimeError: a module differs between ranks.
-    """
-    rank, world = _dist_rank_world()
-    result: dict[str, list[str]] = {}
-    for name, module in modules.items():
-        inner = module.module if hasattr(module, "module") else module
-        local = _module_digest(inner)
-        gathered: list[Any] = [None] * world
-        if world > 1:
-            torch.distributed.all_gather_object(gathered, local)
-        else:
-            gathered = [local]
-        result[name] = [str(g) for g in gathered]
-    if rank == 0 and run_dir is not None:
-        _write_json_atomic(
-            Path(run_dir) / "distributed_check.json",
-            {name: {"identical": len(set(h)) == 1, "ranks": len(h), "sha256": h} for name, h in result.items()},
-        )
-    differing = [name for name, hashes in result.items() if len(set(hashes)) != 1]
-    if differing:
-        raise RuntimeError(f"Weights differ between ranks for: {', '.join(differing)} ({result}).")
-    logger.info("Weights identical on all %d ranks: %s", world, ", ".join(result))
-    return result
-
-
-def _broadcast_module(module: torch.nn.Module) -> None:
-    for tensor in [*module.parameters(), *module.buffers()]:
-        torch.distributed.broadcast(tensor.data, src=0)
-
-
-def attach_gradient_sync(trainer: Any) -> Any:
-    """Train ``trainer.network`` data-parallel over the ``torch.distributed`` ranks (gloo on CPU, nccl on GPU).
-
-    Does what ``DistributedDataParallel`` does for a plain network, for a Mean-Teacher trainer that calls
-    ``network.forward_features`` (which a DDP wrapper does not expose): now, rank 0's student and teacher weights and
-    buffers are broadcast to every rank; after every backward pass (MONAI's ``IterationEvents.BACKWARD_COMPLETED``,
-    before the optimiser step) the gradients are averaged over the ranks with one ``all_reduce`` and the floating
-    buffers (e.g. BatchNorm running statistics of the projection head) are averaged too. Every rank then takes the
-    same optimiser step, so the students, and the EMA teachers built from them, stay identical on all ranks.
-
-    A parameter that has a gradient on some ranks but not on others gets a zero gradient where it has none.
-    Non-finite losses must stop the run (``on_nonfinite="raise"``): a rank that skipped its backward pass would
-    leave the others waiting in ``all_reduce``.
-
-    Args:
-        trainer: a ``MeanTeacherTrainer`` (or any MONAI trainer) whose ``network`` is not wrapped.
-
-    Returns:
-        ``trainer``.
-
-    Raises:
-        RuntimeError: ``torch.distributed`` is not initialised.
-    """
-    from monai.engines.utils import IterationEvents
-
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        raise RuntimeError(
-            "attach_gradient_sync needs torch.distributed: start with torchrun and call "
-            "torch.distributed.init_process_group first (multi_gpu_train.json does)."
-        )
-    network = trainer.network
-    if getattr(trainer, "on_nonfinite", "raise") != "raise":
-        raise ValueError(
-            f"multi-process training needs on_nonfinite='raise', got {trainer.on_nonfinite!r}: a rank that skips a "
-            "step would leave the others waiting."
-        )
-    world = torch.distributed.get_world_size()
-    _broadcast_module(network)
-    teacher = getattr(trainer, "teacher_network", None)
-    if teacher is not None:
-        _broadcast_module(teacher)
-    params = list(network.parameters())
-
-    def sync(engine: Any) -> None:
-        has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.int32)
-        torch.distributed.all_reduce(has_grad)
-        grads = []
-        for p, n in zip(params, has_grad.tolist()):
-            if n == 0:
-                continue
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            grads.append(p.grad)
-        if grads:
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            torch.distributed.all_reduce(flat)
-            flat /= world
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                offset += g.numel()
-        for buf in network.buffers():
-            if buf.is_floating_point():
-                torch.distributed.all_reduce(buf.data)
-                buf.data /= world
-
-    trainer.add_event_handler(IterationEvents.BACKWARD_COMPLETED, sync)
-    logger.info("Gradients averaged over %d ranks after every backward pass", world)
-    return trainer

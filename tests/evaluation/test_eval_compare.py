@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from dycon_monai.evaluation import SUMMARY_METRIC_KEYS, summarize_cases
-from dycon_monai.evaluation._io import atomic_write_csv, atomic_write_json
 from dycon_monai.evaluation.compare import PAPER_RESULTS, compare_runs, load_run, main, paper_result
 from dycon_monai.handlers.metrics_writer import METRICS_CSV_COLUMNS
+from dycon_monai.utils.io import atomic_write_csv, atomic_write_json
 
 REPO = Path(__file__).resolve().parents[2]
 
