@@ -219,6 +219,17 @@ def _ensure(keys: list[str]) -> EnsureTyped:
     return EnsureTyped(keys=keys, dtype=torch.float32)
 
 
+def _crop_normalize_pad(keys: list[str], patch: tuple[int, ...]) -> list:
+    """Training preprocessing after loading: crop to the head, normalise inside it, pad to at least the patch."""
+    return [
+        CropForegroundd(
+            keys=keys, source_key="image", select_fn=head_foreground, channel_indices=0, margin=2, allow_smaller=True
+        ),
+        NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
+        SpatialPadd(keys=keys, spatial_size=patch),
+    ]
+
+
 def labeled_train_transforms(
     patch_size: Sequence[int] = (96, 96, 64),
     pixdim: Sequence[float] = (2.0, 2.0, 2.0),
@@ -245,12 +256,8 @@ def labeled_train_transforms(
     patch = tuple(int(p) for p in _as3(patch_size, "patch_size"))
     keys = ["image", "label"]
     chain = _load(keys, label_mapping, pixdim, reader)
+    chain += _crop_normalize_pad(keys, patch)
     chain += [
-        CropForegroundd(
-            keys=keys, source_key="image", select_fn=head_foreground, channel_indices=0, margin=2, allow_smaller=True
-        ),
-        NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
-        SpatialPadd(keys=keys, spatial_size=patch),
         RandCropByPosNegLabeld(
             keys=keys,
             label_key="label",
@@ -283,13 +290,7 @@ def unlabeled_train_transforms(
     patch = tuple(int(p) for p in _as3(patch_size, "patch_size"))
     keys = ["image"]
     chain = _load(keys, None, pixdim, reader)
-    chain += [
-        CropForegroundd(
-            keys=keys, source_key="image", select_fn=head_foreground, channel_indices=0, margin=2, allow_smaller=True
-        ),
-        NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
-        SpatialPadd(keys=keys, spatial_size=patch),
-    ]
+    chain += _crop_normalize_pad(keys, patch)
     if int(num_samples) > 1:
         chain.append(
             RandSpatialCropSamplesd(keys=keys, roi_size=patch, num_samples=int(num_samples), random_size=False)

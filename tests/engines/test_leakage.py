@@ -22,12 +22,7 @@ PATCH = (16, 16, 16)
 PIXDIM = (6.0, 6.0, 6.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead
 
 
 def _run(datalist) -> list[dict[str, float]]:

@@ -22,14 +22,7 @@ from dycon_monai.engines import (
 )
 from dycon_monai.handlers import ema_decay_at
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads; on a shared 2-core machine they lose a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead
 
 
 def test_loss_falls_and_every_term_is_on_the_output():

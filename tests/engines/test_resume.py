@@ -7,13 +7,7 @@ from mt_helpers import assert_same_state, make_loaders, make_net, make_trainer, 
 
 from dycon_monai.handlers import AtomicCheckpointSaver, checkpoint_dict, checkpoint_loader, latest_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead
 
 
 def _trainer(net=None, epoch_length=None):

@@ -10,13 +10,7 @@ from mt_helpers import make_cases, make_trainer
 from dycon_monai.engines import VAL_KEY_METRIC, loss_terms_transform, make_evaluator
 from dycon_monai.handlers import AtomicCheckpointSaver, checkpoint_dict
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead
 
 
 class _Writer:
