@@ -11,30 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from bundle_overrides import TINY
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "dycon_isles" / "configs"
 
-TINY = {
-    "device": "cpu",
-    "dataset_name": "synthetic",
-    "labeled_fraction": 0.25,
-    "max_iterations": 3,
-    "val_interval": 2,
-    "batch_size": 2,
-    "patch_size": [32, 32, 32],
-    "pixdim": [6.0, 6.0, 6.0],
-    "fecl_grid_size": 4,
-    "embedding_dim": 8,
-    "network_def#channels": [4, 8, 16],
-    "network_def#strides": [2, 2],
-    "network_def#num_res_units": 0,
-    "num_workers": 0,
-    "sw_batch_size": 1,
-    "checkpoint_interval": 1,
-    "log_interval": 1,
-    "progress_bar": False,
-}
+#: one iteration past the validation at iteration 2, so both ranks also step after validating
+MULTI_GPU_TINY = {**TINY, "max_iterations": 3}
 
 
 @pytest.mark.slow
@@ -43,7 +26,7 @@ def test_torchrun_two_processes_keep_identical_teacher(synthetic_cohort, tmp_pat
     torchrun = shutil.which("torchrun")
     launcher = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
     tiny = tmp_path / "tiny.json"
-    tiny.write_text(json.dumps(TINY))
+    tiny.write_text(json.dumps(MULTI_GPU_TINY))
     configs = repr([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json"), str(tiny)])
     cmd = [
         *launcher,

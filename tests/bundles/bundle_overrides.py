@@ -1,0 +1,26 @@
+"""Top-level overrides shared by the bundle command-line tests."""
+
+from __future__ import annotations
+
+#: top-level overrides for a run of a few seconds on the 6 mm cohort (valid for train.json and inference.json)
+TINY = {
+    "device": "cpu",
+    "dataset_name": "synthetic",
+    "labeled_fraction": 0.25,
+    "max_iterations": 2,
+    "val_interval": 2,
+    "batch_size": 2,
+    "patch_size": [32, 32, 32],
+    "pixdim": [6.0, 6.0, 6.0],
+    "fecl_grid_size": 4,
+    "embedding_dim": 8,
+    "network_def#channels": [4, 8, 16],
+    "network_def#strides": [2, 2],
+    "network_def#num_res_units": 0,
+    "num_workers": 0,
+    "sw_batch_size": 1,
+    "sw_overlap": 0.25,
+    "checkpoint_interval": 1,
+    "log_interval": 1,
+    "progress_bar": False,
+}
