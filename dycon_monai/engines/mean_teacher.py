@@ -194,8 +194,9 @@ class MeanTeacherTrainer(SupervisedTrainer):
              + fecl_weight * loss_fecl                    FeCL on k^3 patches of the student embeddings
              + consistency_weight * ramp(t) * loss_consistency   optional plain MT MSE consistency
 
-    FeCL patch labels come from the ground truth for labeled samples and from the teacher's argmax for unlabeled
-    ones (labels of unlabeled cases are never read); its hard negatives use the teacher's embeddings, its entropy
+    FeCL runs on the unlabeled part (``fecl_on="unlabeled"``, the paper's setting) with the teacher's argmax as
+    patch labels, or on the whole batch (``fecl_on="all"``) with the ground truth for labeled samples (labels of
+    unlabeled cases are never read); its hard negatives use the teacher's embeddings, its entropy
     weights the student's probabilities. A term whose weight is 0 is not computed; a method is a choice of weights
     (:func:`method_weights`). The teacher is updated by an :class:`~dycon_monai.handlers.EMATeacherHandler` (one with
     ``ema_decay`` is attached when the run starts unless ``train_handlers`` holds one).
@@ -238,6 +239,8 @@ class MeanTeacherTrainer(SupervisedTrainer):
         consistency_weight: maximum weight of the MSE consistency (0 = off).
         consistency_rampup: sigmoid ramp-up length of the consistency weight, in iterations (0 = none).
         uncl_on: ``"unlabeled"`` (default) or ``"all"`` (the released code applies UnCL to the whole batch).
+        fecl_on: ``"unlabeled"`` (default; the paper and the released script apply FeCL to the unlabeled part, with
+            teacher pseudo-labels) or ``"all"`` (labeled samples join with their ground-truth patch labels).
         consistency_on: ``"unlabeled"`` or ``"all"`` for the MSE consistency.
         teacher_noise_std: std of the Gaussian noise added to the teacher's input.
         teacher_noise_clip: the noise is clipped to ``+-teacher_noise_clip``.
@@ -320,6 +323,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
         consistency_rampup: float = 0,
         uncl_on: str = "unlabeled",
         consistency_on: str = "unlabeled",
+        fecl_on: str = "unlabeled",
         teacher_noise_std: float = 0.1,
         teacher_noise_clip: float = 0.2,
         teacher_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -349,7 +353,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
         amp_kwargs: dict | None = None,
     ) -> None:
         # ---------------------------------------------------------------- argument checks
-        for name, value in (("uncl_on", uncl_on), ("consistency_on", consistency_on)):
+        for name, value in (("uncl_on", uncl_on), ("consistency_on", consistency_on), ("fecl_on", fecl_on)):
             if value not in ("unlabeled", "all"):
                 raise ValueError(f"{name} must be 'unlabeled' or 'all', got {value!r}.")
         if on_nonfinite not in ("raise", "skip"):
@@ -377,6 +381,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
         self.consistency_rampup = float(consistency_rampup)
         self.uncl_on = uncl_on
         self.consistency_on = consistency_on
+        self.fecl_on = fecl_on
         self.teacher_noise_std = float(teacher_noise_std)
         self.teacher_noise_clip = float(teacher_noise_clip)
         self.teacher_transform = teacher_transform
@@ -414,12 +419,11 @@ class MeanTeacherTrainer(SupervisedTrainer):
                 "method_weights('supervised')."
             )
         self.unlabeled_data_loader = unlabeled_data_loader if self.semi_supervised else None
-        fecl = self.fecl_loss
-        self._fecl_uses_teacher = self.fecl_active and (
-            getattr(fecl, "variant", "paper") == "reference" or getattr(fecl, "hard_negatives", "denominator") != "none"
-        )
-        self._teacher_on_all = self._fecl_uses_teacher or (
-            (self.uncl_active and uncl_on == "all") or (self.consistency_active and consistency_on == "all")
+        self._fecl_uses_teacher = self.fecl_active and bool(self.fecl_loss.uses_teacher)
+        self._teacher_on_all = (
+            (self._fecl_uses_teacher and fecl_on == "all")
+            or (self.uncl_active and uncl_on == "all")
+            or (self.consistency_active and consistency_on == "all")
         )
         if self.semi_supervised:
             if teacher_network is None:
@@ -502,7 +506,22 @@ class MeanTeacherTrainer(SupervisedTrainer):
 
     def run(self) -> None:  # type: ignore[override]
         """Run training (continues from ``state`` when resumed). The AMP scaler is created in ``__init__`` for the
-        engine's device type, so that checkpoints can hold it."""
+        engine's device type, so that checkpoints can hold it.
+
+        Raises:
+            ValueError: a loader that yields no batch (MONAI would skip the run with a warning only).
+        """
+        for name, loader in (
+            ("train_data_loader", self.data_loader),
+            ("unlabeled_data_loader", self.unlabeled_data_loader),
+        ):
+            if loader is not None and self._loader_len(loader) == 0:
+                batch = getattr(loader, "batch_size", None)
+                cases = len(getattr(loader, "dataset", ()) or ())
+                raise ValueError(
+                    f"{name} yields no batch: {cases} cases with batch_size={batch} and drop_last=True. Use at least "
+                    "batch_size cases (e.g. a larger labeled_count) or a smaller batch_size."
+                )
         Workflow.run(self)
 
     # ==================================================================== reproducible streams
@@ -839,17 +858,21 @@ class MeanTeacherTrainer(SupervisedTrainer):
                 f"FeCL patch labels are binary (foreground when the mean label > {self.fecl_label_threshold}); the "
                 f"network predicts {s_logits.shape[1]} classes. Use a 2-class output or fecl_weight=0."
             )
-        emb_p = patchify_embeddings(emb.float(), g)
-        labels = [patchify_labels(_plain(targets).float(), g, self.fecl_label_threshold)]
+        # fecl_on="unlabeled" (paper): only the unlabeled part; "all": labeled samples with their ground truth too
+        start = n_l if self.fecl_on == "unlabeled" else 0
+        emb_p = patchify_embeddings(emb[start:].float(), g)
+        labels = [] if start else [patchify_labels(_plain(targets).float(), g, self.fecl_label_threshold)]
         if t_unl is not None and s_logits.shape[0] > n_l:
             pseudo = t_unl.argmax(dim=1, keepdim=True).float()  # teacher pseudo-labels, never the unlabeled GT
             labels.append(patchify_labels(pseudo, g, self.fecl_label_threshold))
         patch_labels = torch.cat(labels, dim=0)
-        t_emb_p = patchify_embeddings(t_emb.float(), g) if t_emb is not None else None
+        t_emb_p = None
+        if t_emb is not None:  # the teacher ran on the whole batch, or on its unlabeled part only
+            t_emb_p = patchify_embeddings((t_emb[start:] if self._teacher_on_all else t_emb).float(), g)
         entropy = None
-        if getattr(self.fecl_loss, "use_entropy", True):
-            probs = torch.softmax(s_logits.detach(), dim=1)
-            entropy = patch_entropy(probs, g, gambling_temperature=getattr(self.fecl_loss, "gambling_temperature", 1.0))
+        if self.fecl_loss.uses_entropy:
+            probs = torch.softmax(s_logits[start:].detach(), dim=1)
+            entropy = patch_entropy(probs, g, gambling_temperature=self.fecl_loss.gambling_temperature)
         return self.fecl_loss(emb_p, patch_labels, teacher_embeddings=t_emb_p, patch_entropy=entropy)
 
     def _backward_and_step(

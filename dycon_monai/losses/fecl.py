@@ -462,8 +462,8 @@ class FeCLLoss(_Loss):
     normalised embeddings in the same pass (hand-written, checked against autograd of a dense implementation in the
     tests); with ``reduction="none"`` the backward recomputes the chunks instead. ``variant="reference"`` reproduces the
     authors' released code (SPEC "reference" steps 1-5; its focal factor carries gradient, so it runs per chunk under
-    ``torch.utils.checkpoint``); it ignores ``hard_negatives``, ``top_k``, ``use_entropy`` and ``patch_entropy``, and
-    their scripts use ``gamma=2.0``. The result is float32 (float64 for float64 embeddings), whatever the input dtype.
+    ``torch.utils.checkpoint``); it ignores ``hard_negatives``, ``top_k`` and ``use_entropy``, refuses a ``patch_entropy``
+    (their code computes none into the loss), and their scripts use ``gamma=2.0``. The result is float32 (float64 for float64 embeddings), whatever the input dtype.
 
     Reference:
         M. Assefa et al., "DyCON: Dynamic Uncertainty-aware Consistency and Contrastive Learning for Semi-supervised
@@ -539,6 +539,16 @@ class FeCLLoss(_Loss):
         self.grid_size = int(grid_size)
         self.label_threshold = float(label_threshold)
         self.epoch: int = 0
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether the loss reads teacher embeddings (hard negatives of Eq. 6, or the reference teacher term)."""
+        return self.variant == "reference" or self.hard_negatives != "none"
+
+    @property
+    def uses_entropy(self) -> bool:
+        """Whether the loss weights positives by patch entropy (paper variant with ``use_entropy``)."""
+        return self.variant == "paper" and self.use_entropy
 
     # ------------------------------------------------------------------------------------------------ validation
     def _validate(
@@ -666,6 +676,12 @@ class FeCLLoss(_Loss):
                 "embeddings pass patch_entropy=patch_entropy(probs, grid_size) instead."
             )
         self._validate(embeddings, labels, teacher_embeddings, patch_entropy)
+        if self.variant == "reference" and patch_entropy is not None:
+            raise ValueError(
+                "FeCLLoss(variant='reference') has no entropy weighting (the released code does not use its "
+                "gambling_uncertainty argument in the loss); pass patch_entropy=None, or use variant='paper' for the "
+                "entropy-aware positives of Eq. 4."
+            )
 
         dtype = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
         zn = F.normalize(embeddings.to(dtype), dim=2)

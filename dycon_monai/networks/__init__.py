@@ -7,7 +7,9 @@ from .dycon_net import (
     FeatureLayer,
     check_feature_grid,
     default_feature_layer,
+    encoder_feature_layer,
     infer_feature_channels,
+    resolve_feature_layer,
     unwrap_module,
 )
 from .projection import ProjectionHead
@@ -18,6 +20,8 @@ __all__ = [
     "ProjectionHead",
     "check_feature_grid",
     "default_feature_layer",
+    "encoder_feature_layer",
     "infer_feature_channels",
+    "resolve_feature_layer",
     "unwrap_module",
 ]

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import BasicUNet, UNet, VNet
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
@@ -18,7 +19,9 @@ __all__ = [
     "FeatureLayer",
     "check_feature_grid",
     "default_feature_layer",
+    "encoder_feature_layer",
     "infer_feature_channels",
+    "resolve_feature_layer",
     "unwrap_module",
 ]
 
@@ -126,6 +129,56 @@ def default_feature_layer(backbone: nn.Module, level: int = 1) -> FeatureLayer:
     )
 
 
+def encoder_feature_layer(backbone: nn.Module) -> FeatureLayer:
+    """The deepest encoder layer (the bottleneck) of a MONAI backbone: the paper's FeCL feature source.
+
+    DyCON (Sec. 3.2) takes the student's encoder features; the authors' released code projects the deepest,
+    256-channel features (upsampled x2). Supported: ``UNet`` (``model`` + ``.1.submodule`` once per stride, the
+    bottom block, ``channels[-1]`` channels), ``BasicUNet`` (``down_4``) and ``VNet`` (``down_tr256``).
+
+    Raises:
+        TypeError: for an unsupported backbone type (pass a module name as ``feature_layer`` instead).
+    """
+    if isinstance(backbone, UNet):
+        strides = list(backbone.strides)
+        factors = [s if isinstance(s, int) else min(s) for s in strides]
+        return FeatureLayer(
+            "model" + ".1.submodule" * len(strides), int(backbone.channels[-1]), int(math.prod(factors))
+        )
+    names = {BasicUNet: ("down_4", 16), VNet: ("down_tr256", 16)}
+    for kind, (name, factor) in names.items():
+        if isinstance(backbone, kind):
+            module = dict(backbone.named_modules())[name]
+            return FeatureLayer(name, infer_feature_channels(module), factor)
+    raise TypeError(
+        f"no encoder feature layer known for {type(backbone).__name__}; pass feature_layer=<module name> and "
+        "feature_channels=<int> to DyCONNet (names: [n for n, _ in backbone.named_modules()])."
+    )
+
+
+def resolve_feature_layer(backbone: nn.Module, feature_layer: str | None) -> tuple[str, int | None, bool]:
+    """Resolve a ``feature_layer`` choice to ``(module name, channels or None, is_encoder)``.
+
+    Choices: ``"encoder"`` (the deepest encoder block, :func:`encoder_feature_layer`; the paper's setting),
+    ``"decoder"`` or ``"decoder:L"`` (the decoder block at ``1 / 2**L`` resolution, :func:`default_feature_layer`;
+    ``"decoder"`` = ``"decoder:1"``, the half-resolution block), ``None`` (= ``"decoder"``), or any module name of
+    ``backbone.named_modules()`` (channels then inferred by the caller).
+    """
+    if feature_layer is None or feature_layer == "decoder":
+        layer = default_feature_layer(backbone)
+        return layer.name, layer.channels, False
+    if feature_layer == "encoder":
+        layer = encoder_feature_layer(backbone)
+        return layer.name, layer.channels, True
+    if isinstance(feature_layer, str) and feature_layer.startswith("decoder:"):
+        level = feature_layer.split(":", 1)[1]
+        if not level.isdigit():
+            raise ValueError(f"feature_layer {feature_layer!r}: expected 'decoder:<level>' with an integer level.")
+        layer = default_feature_layer(backbone, int(level))
+        return layer.name, layer.channels, False
+    return feature_layer, None, False
+
+
 def check_feature_grid(
     feature_shape: Sequence[int], grid_size: int, layer: str = "feature layer", input_shape: Sequence[int] | None = None
 ) -> None:
@@ -171,9 +224,16 @@ class DyCONNet(nn.Module):
 
     Args:
         backbone: a MONAI (or any) segmentation network mapping ``(B, C_in, *spatial)`` to logits ``(B, C, *spatial)``.
-        feature_layer: module name in ``backbone.named_modules()`` whose output feeds the head. ``None`` picks
-            :func:`default_feature_layer` (``UNet``, ``BasicUNet``, ``VNet``: the half-resolution decoder block).
+        feature_layer: which feature map feeds the head (:func:`resolve_feature_layer`): ``"encoder"`` (the deepest
+            encoder block, the paper's setting), ``"decoder"`` / ``"decoder:L"`` (a decoder block; ``None`` means
+            ``"decoder"``, the half-resolution block) for ``UNet``, ``BasicUNet``, ``VNet``, or any module name in
+            ``backbone.named_modules()``.
         feature_channels: output channels of that module; ``None`` infers them (:func:`infer_feature_channels`).
+        feature_upsample: trilinear upsampling factor applied to the feature map before the head; ``None`` = 2 for
+            ``"encoder"`` (the released code upsamples its deepest features x2) and 1 otherwise.
+        upsample_to_grid: when the (upsampled) map is smaller than the FeCL grid along an axis, interpolate it up to
+            the grid size there (otherwise that is an error, :func:`check_feature_grid`); ``None`` = on for
+            ``"encoder"`` (a bottleneck of a 96x96x64 patch is 6x6x4), off otherwise.
         embedding_dim: embedding size ``D`` (256 in the paper).
         spatial_dims: number of spatial dimensions.
         head_kwargs: extra keyword arguments for :class:`ProjectionHead` (``aspp_channels``, ``norm_type``, ...).
@@ -198,15 +258,22 @@ class DyCONNet(nn.Module):
         embedding_dim: int = 256,
         spatial_dims: int = 3,
         head_kwargs: dict | None = None,
+        feature_upsample: float | None = None,
+        upsample_to_grid: bool | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(backbone, nn.Module):
             raise TypeError(f"DyCONNet backbone must be a torch.nn.Module, got {type(backbone).__name__}.")
-        if feature_layer is None:
-            default = default_feature_layer(backbone)
-            feature_layer = default.name
-            if feature_channels is None:
-                feature_channels = default.channels
+        self.feature_choice = feature_layer
+        feature_layer, preset_channels, is_encoder = resolve_feature_layer(backbone, feature_layer)
+        if feature_channels is None:
+            feature_channels = preset_channels
+        if feature_upsample is None:
+            feature_upsample = 2 if is_encoder else 1
+        if not (isinstance(feature_upsample, (int, float)) and feature_upsample >= 1):
+            raise ValueError(f"DyCONNet feature_upsample must be a number >= 1, got {feature_upsample!r}.")
+        self.feature_upsample = float(feature_upsample)
+        self.upsample_to_grid = is_encoder if upsample_to_grid is None else bool(upsample_to_grid)
         modules = dict(backbone.named_modules())
         if feature_layer not in modules or feature_layer == "":
             candidates = [n for n in modules if n]
@@ -284,6 +351,18 @@ class DyCONNet(nn.Module):
                 f"(shape {tuple(features.shape)}) but feature_channels={self.feature_channels}; pass "
                 f"feature_channels={features.shape[1]}."
             )
+        features = self._resize_features(features, grid_size)
         if grid_size is not None:
             check_feature_grid(features.shape, grid_size, self.feature_layer, x.shape)
         return logits, self.head(features, grid_size=grid_size)
+
+    def _resize_features(self, features: torch.Tensor, grid_size: int | None) -> torch.Tensor:
+        """Upsample the tapped map by ``feature_upsample`` and, with ``upsample_to_grid``, up to the FeCL grid."""
+        spatial = [int(s) for s in features.shape[2:]]
+        size = [int(round(s * self.feature_upsample)) for s in spatial]
+        if grid_size is not None and self.upsample_to_grid:
+            size = [max(s, int(grid_size)) for s in size]
+        if size == spatial:
+            return features
+        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[self.spatial_dims]
+        return F.interpolate(features, size=size, mode=mode, align_corners=False)

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from .schedules import (
     BETA_SCHEDULES,
+    LR_SCHEDULES,
     beta_schedule,
     fecl_reference_threshold,
     geometric_beta,
+    lr_scheduler,
     paper_beta,
     sigmoid_rampup,
 )
 
 __all__ = [
     "BETA_SCHEDULES",
+    "LR_SCHEDULES",
     "beta_schedule",
     "fecl_reference_threshold",
     "geometric_beta",
+    "lr_scheduler",
     "paper_beta",
     "sigmoid_rampup",
 ]

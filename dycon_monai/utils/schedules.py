@@ -15,9 +15,11 @@ from typing import Any
 
 __all__ = [
     "BETA_SCHEDULES",
+    "LR_SCHEDULES",
     "beta_schedule",
     "fecl_reference_threshold",
     "geometric_beta",
+    "lr_scheduler",
     "paper_beta",
     "sigmoid_rampup",
 ]
@@ -138,3 +140,26 @@ def beta_schedule(mode: str, t: float, total: float, **kwargs: Any) -> float:
         return fn(t, total, **kwargs)
     except TypeError as err:
         raise ValueError(f"beta schedule {mode!r} got unexpected arguments {sorted(kwargs)}: {err}") from None
+
+
+#: learning-rate schedules of :func:`lr_scheduler`
+LR_SCHEDULES = ("constant", "poly")
+
+
+def lr_scheduler(optimizer: Any, schedule: str = "constant", total_iters: int = 6000, power: float = 0.9) -> Any:
+    """The training learning-rate schedule, stepped once per iteration (``LrScheduleHandler(epoch_level=False)``).
+
+    ``"constant"`` (the paper and the authors' released scripts: SGD at lr 0.01 throughout) is a
+    ``torch.optim.lr_scheduler.LambdaLR`` of factor 1; ``"poly"`` is ``PolynomialLR(total_iters, power)``, the
+    decay ``lr * (1 - t / total_iters) ** power`` common in nnU-Net-style recipes.
+
+    Raises:
+        ValueError: for an unknown schedule name.
+    """
+    import torch
+
+    if schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lambda _step: 1.0)
+    if schedule == "poly":
+        return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=int(total_iters), power=float(power))
+    raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}.")

@@ -58,3 +58,28 @@ def test_fecl_epoch_handler_sets_zero_based_epoch():
     engine.run([0, 0], max_epochs=3)
     assert seen == [0, 1, 2]
     assert engine.state.fecl_epoch == 2
+
+
+def test_fecl_epoch_counts_released_code_epochs_isles_10_percent():
+    """ISLES'22 fold at 10 %: 200 training cases -> 20 labeled, 4 per labeled batch -> 5-iteration epochs."""
+    import math
+
+    from dycon_monai.utils.schedules import fecl_reference_threshold
+
+    per_epoch = 20 // 4
+    loss = FeCLLoss(variant="reference")
+    engine = _engine()
+    FeCLEpochHandler(loss, iterations_per_epoch=per_epoch).attach(engine)
+    thresholds = {}
+    engine.add_event_handler(
+        Events.ITERATION_STARTED, lambda e: thresholds.__setitem__(e.state.iteration, (loss.epoch, None))
+    )
+    engine.run(range(6000), max_epochs=1)
+    # iterations 1..5 are released-code epoch 0, 6..10 epoch 1, ..., iteration 6000 is epoch 1199
+    assert [thresholds[i][0] for i in (1, 5, 6, 10, 11)] == [0, 0, 1, 1, 2]
+    assert thresholds[6000][0] == 1199 and engine.state.fecl_epoch == 1199
+    expected = 0.3 + 0.2 * math.exp(-5.0 * (1.0 - 1199 / 1500) ** 2)
+    assert fecl_reference_threshold(loss.epoch, loss.ramp_length) == pytest.approx(expected)
+    assert expected == pytest.approx(0.46353, abs=1e-4)  # vs 0.3016 if t counted 200-iteration intervals (epoch 29)
+    with pytest.raises(ValueError, match="iterations_per_epoch must be >= 1"):
+        FeCLEpochHandler(loss, iterations_per_epoch=0)

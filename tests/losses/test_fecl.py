@@ -113,18 +113,21 @@ def test_fewer_other_class_teacher_patches_than_top_k():
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_permuting_patches_leaves_the_loss_unchanged(variant, mode, reduction):
     emb, labels, teacher, entropy = _inputs(b=2, n=40)
+    if variant == "reference":  # the reference variant has no entropy weighting and refuses one
+        entropy = None
     perm = torch.randperm(40, generator=torch.Generator().manual_seed(5))
     loss = FeCLLoss(variant=variant, hard_negatives=mode, chunk_size=9, top_k=4, reduction=reduction)
     out, grad = _value_and_grad(lambda x: loss(x, labels, teacher, entropy), emb)
     if reduction == "none":  # permute the incoming per-anchor gradient along with the patches
         x = emb[:, perm].detach().clone().requires_grad_()
-        out_p = loss(x, labels[:, perm], teacher[:, perm], entropy[:, perm])
+        out_p = loss(x, labels[:, perm], teacher[:, perm], None if entropy is None else entropy[:, perm])
         g = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=out.dtype)
         (grad_p,) = torch.autograd.grad(out_p, x, g[:, perm])
         torch.testing.assert_close(out_p.detach(), out[:, perm], rtol=1e-10, atol=1e-12)
     else:
         out_p, grad_p = _value_and_grad(
-            lambda x: loss(x, labels[:, perm], teacher[:, perm], entropy[:, perm]), emb[:, perm]
+            lambda x: loss(x, labels[:, perm], teacher[:, perm], None if entropy is None else entropy[:, perm]),
+            emb[:, perm],
         )
         torch.testing.assert_close(out_p, out, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grad_p, grad[:, perm], rtol=1e-10, atol=1e-12)
@@ -135,7 +138,8 @@ def test_single_class_sample_gives_zero_not_nan(variant):
     emb = torch.randn(1, 20, 8, requires_grad=True)
     teacher = torch.randn(1, 20, 8)
     labels = torch.zeros(1, 20, dtype=torch.long)
-    loss = FeCLLoss(variant=variant, chunk_size=6)(emb, labels, teacher, torch.rand(1, 20))
+    entropy = torch.rand(1, 20) if variant == "paper" else None  # the reference variant refuses an entropy
+    loss = FeCLLoss(variant=variant, chunk_size=6)(emb, labels, teacher, entropy)
     loss.backward()
     assert loss.item() == 0.0
     assert torch.isfinite(emb.grad).all()
@@ -234,6 +238,7 @@ def test_half_precision_embeddings(dtype):
 @pytest.mark.parametrize("variant", ["paper", "reference"])
 def test_no_grad_mode_gives_the_same_value(variant):
     emb, labels, teacher, entropy = _inputs(b=2, n=24, dtype=torch.float32)
+    entropy = entropy if variant == "paper" else None
     emb.requires_grad_()
     loss = FeCLLoss(variant=variant, chunk_size=8)
     with torch.no_grad():
@@ -287,6 +292,7 @@ class _LargestTensor(TorchDispatchMode):
 def test_never_materialises_b_n_n(variant, mode, reduction):
     b, n, d, chunk = 2, 256, 8, 32
     emb, labels, teacher, entropy = _inputs(b=b, n=n, d=d, dtype=torch.float32)
+    entropy = entropy if variant == "paper" else None
     emb.requires_grad_()
     loss = FeCLLoss(variant=variant, hard_negatives=mode, chunk_size=chunk, reduction=reduction)
     with _LargestTensor() as probe:

@@ -84,14 +84,18 @@ def test_reference_teacher_term_is_active_and_grows_with_lambda():
     assert base.item() == pytest.approx(FeCLLoss(variant="reference")(emb, labels).item(), rel=1e-12)
 
 
-def test_reference_reductions_and_entropy_ignored():
+def test_reference_reductions_and_entropy_refused():
     emb, labels, teacher = _inputs(seed=2)
     per = FeCLLoss(variant="reference", reduction="none", chunk_size=9)(emb, labels, teacher)
     total = FeCLLoss(variant="reference", reduction="sum", chunk_size=9)(emb, labels, teacher)
     assert per.shape == labels.shape
     assert per.sum().item() == pytest.approx(total.item(), rel=1e-10)
     mean = FeCLLoss(variant="reference")(emb, labels)
-    assert FeCLLoss(variant="reference")(emb, labels, patch_entropy=torch.rand(2, 40)).item() == mean.item()
+    assert torch.isfinite(mean)
+    with pytest.raises(ValueError, match="patch_entropy=None"):
+        FeCLLoss(variant="reference")(emb, labels, patch_entropy=torch.rand(2, 40))
+    assert FeCLLoss(variant="reference").uses_teacher and not FeCLLoss(variant="reference").uses_entropy
+    assert not FeCLLoss(hard_negatives="none").uses_teacher and FeCLLoss().uses_entropy
     x = emb.clone().requires_grad_()
     FeCLLoss(variant="reference", reduction="none", chunk_size=9)(x, labels, teacher).sum().backward()
     y = emb.clone().requires_grad_()

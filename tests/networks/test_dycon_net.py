@@ -152,3 +152,40 @@ def test_torchscript_export_and_inference_weights_load_into_bare_backbone(tmp_pa
     bare.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
     bare.eval()
     torch.testing.assert_close(bare(x), net(x))
+
+
+def test_encoder_feature_layer_is_the_bottleneck_upsampled_to_the_grid():
+    """feature_layer='encoder' (the paper's setting): deepest encoder block, x2 upsampling, then up to the grid."""
+    from monai.networks.nets import BasicUNet, VNet
+
+    from dycon_monai.networks import encoder_feature_layer, resolve_feature_layer
+
+    unet = UNet(3, 1, 2, channels=(4, 8, 16, 32, 64), strides=(2, 2, 2, 2), num_res_units=0)
+    layer = encoder_feature_layer(unet)
+    assert layer.name == "model.1.submodule.1.submodule.1.submodule.1.submodule"
+    assert (layer.channels, layer.downsample) == (64, 16)
+    assert encoder_feature_layer(VNet(3, 1, 2)).name == "down_tr256"
+    assert encoder_feature_layer(BasicUNet(3, 1, 2)).name == "down_4"
+    assert resolve_feature_layer(unet, "decoder:2")[0] == "model.1.submodule.1.submodule.2"
+    with pytest.raises(ValueError, match="decoder:<level>"):
+        resolve_feature_layer(unet, "decoder:x")
+
+    net = DyCONNet(unet, feature_layer="encoder", embedding_dim=8, head_kwargs={"dilations": (1, 1, 2, 2)})
+    assert (net.feature_channels, net.feature_upsample, net.upsample_to_grid) == (64, 2.0, True)
+    x = torch.randn(1, 1, 64, 64, 32)
+    seen = []
+    handle = net.head.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape)))
+    logits, emb = net.forward_features(x, grid_size=4)
+    # bottleneck 4x4x2 -> x2 = 8x8x4: the grid 4 needs no more
+    assert seen[-1] == (1, 64, 8, 8, 4) and emb.shape == (1, 8, 4, 4, 4)
+    net.forward_features(x, grid_size=6)  # 8x8x4 -> up to the grid along the last axis: 8x8x6
+    assert seen[-1] == (1, 64, 8, 8, 6)
+    handle.remove()
+    torch.testing.assert_close(logits, unet(x))
+
+    # an explicit layer is not resized unless asked, so a too-small map is an error as before
+    plain = DyCONNet(unet, feature_layer=layer.name, feature_channels=64, embedding_dim=8)
+    with pytest.raises(ValueError, match="needs a feature map of at least 4 voxels"):
+        plain.forward_features(x, grid_size=4)
+    with pytest.raises(ValueError, match="feature_upsample must be a number >= 1"):
+        DyCONNet(unet, feature_layer="encoder", feature_upsample=0.5)
