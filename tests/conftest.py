@@ -42,3 +42,15 @@ def synthetic_cohort(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("synthetic_cohort")
     return make_synthetic_cohort(root, cases=12, seed=0, spacing=6.0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_la(tmp_path_factory):
+    """Path of a small synthetic LA cohort in the preprocessed h5 layout (8 cases, 3 of them test, + split.json).
+
+    Read-only for tests: copy it before changing files.
+    """
+    from dycon_monai.data import make_synthetic_la
+
+    root = tmp_path_factory.mktemp("synthetic_la")
+    return make_synthetic_la(root, cases=8, seed=0, shape=(64, 56, 32), n_test=3)

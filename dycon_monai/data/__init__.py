@@ -1,4 +1,4 @@
-"""Datasets: ISLES'22 layout scanner and splits, synthetic MNI152-based cohort, MONAI transform chains.
+"""Datasets: ISLES'22 and LA 2018 scanners and splits, synthetic cohorts, readers, MONAI transform chains.
 
 Submodules are imported lazily, so ``python -m dycon_monai.data.synthetic`` and ``python -m
 dycon_monai.data.isles22`` run without importing each other (and MONAI is only imported for the transforms).
@@ -11,6 +11,13 @@ from typing import Any
 
 __all__ = [
     "BinarizeLabeld",
+    "H5Reader",
+    "la2018_datalist",
+    "la_inference_transforms",
+    "la_label_loader",
+    "la_train_transforms",
+    "make_synthetic_la",
+    "scan_la2018",
     "LABEL_MAPPINGS",
     "inference_transforms",
     "isles22_datalist",
@@ -24,6 +31,13 @@ __all__ = [
 ]
 
 _WHERE = {
+    "H5Reader": "h5",
+    "la2018_datalist": "la2018",
+    "scan_la2018": "la2018",
+    "la_train_transforms": "la_transforms",
+    "la_inference_transforms": "la_transforms",
+    "la_label_loader": "la_transforms",
+    "make_synthetic_la": "synthetic_la",
     "make_synthetic_cohort": "synthetic",
     "isles22_datalist": "isles22",
     "save_datalist": "isles22",

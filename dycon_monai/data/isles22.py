@@ -303,6 +303,23 @@ def _load_checked(path: Path, cid: str, what: str) -> nib.Nifti1Image:
     return img
 
 
+def _check_image_data(img: nib.Nifti1Image, path: Path, cid: str, what: str, split_name: str) -> None:
+    """Decompress an image (``check_data=True``): unreadable or non-finite voxels are errors, all-zero a warning."""
+    try:
+        data = np.asarray(img.dataobj)
+    except Exception as e:
+        raise DataError(f"unreadable {what} of case {cid}: {path}: {type(e).__name__}: {e}", cid, path) from e
+    # imported here: the checks module brings MONAI (its transform), which the datalist CLI does not need otherwise
+    from dycon_monai.data.checks import NonFiniteDataError, check_finite, warn_if_all_zero
+
+    where = f"{what} image of case {cid} ({split_name} set): {path}"
+    try:
+        check_finite(data, where)
+    except NonFiniteDataError as e:
+        raise DataError(str(e), cid, path) from e
+    warn_if_all_zero(data, where, stacklevel=3)  # points at the caller of isles22_datalist
+
+
 def _spatial_shape(img: nib.Nifti1Image, path: Path, cid: str, what: str) -> tuple[int, ...]:
     shape = tuple(int(s) for s in img.shape)
     while len(shape) > 3 and shape[-1] == 1:
@@ -493,8 +510,12 @@ def isles22_datalist(
         stratify: draw the labeled subset stratified by lesion volume (default) or uniformly at random.
         affine_tolerance: largest allowed absolute difference between the DWI affine and another modality's or
             the mask's.
-        check_data: also decompress every image (slow on a full dataset); by default images are checked by
-            header and size (truncation), masks of labeled / validation / test cases are always read.
+        check_data: also decompress every image of every split (training labeled and unlabeled, validation,
+            test; slow on a full dataset): an unreadable image or one with NaN / Inf voxels is a
+            :class:`DataError` naming the case, the split and the file; an all-zero image gives an
+            ``AllZeroImageWarning`` (:mod:`dycon_monai.data.checks`). By default images are checked by header and
+            size (truncation) only, and non-finite voxels are found when the transform chains load the image;
+            masks of labeled / validation / test cases are always read.
 
     Returns:
         dict with ``training_labeled`` and ``validation`` / ``test`` entries ``{"image", "label", "case_id",
@@ -547,6 +568,9 @@ def isles22_datalist(
 
     # every image the datalist will name: exists, readable, 3D, same grid as the DWI
     used = sorted(set(train) | set(split["val"]) | set(split["test"]))
+    split_of: dict[str, str] = {}
+    for key, name in (("train", "training"), ("val", "validation"), ("test", "test")):
+        split_of.update(dict.fromkeys(split[key], name))
     headers: dict[str, dict[str, nib.Nifti1Image]] = {}
     for cid in used:
         case = cases[cid]
@@ -563,11 +587,7 @@ def isles22_datalist(
                 _check_geometry(ref, (case.images[mod], imgs[mod]), cid, mod, affine_tolerance)
         if check_data:
             for mod, img in imgs.items():
-                try:
-                    np.asarray(img.dataobj)
-                except Exception as e:
-                    p = case.images[mod]
-                    raise DataError(f"unreadable {mod} of case {cid}: {p}: {type(e).__name__}: {e}", cid, p) from e
+                _check_image_data(img, case.images[mod], cid, mod, split_of[cid])
         headers[cid] = imgs
 
     def mask_facts(cid: str) -> bool:
@@ -684,7 +704,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--splits", default="auto", help="auto | published | generated | path/to/split.json")
     p.add_argument("--label-mapping", default=None, help="name (e.g. brats_whole_tumor, nonzero) or JSON dict")
     p.add_argument("--no-stratify", action="store_true", help="draw the labeled subset uniformly at random")
-    p.add_argument("--check-data", action="store_true", help="decompress every image to check it")
+    p.add_argument(
+        "--check-data",
+        action="store_true",
+        help="decompress every image to check it: unreadable or NaN / Inf voxels are errors, all-zero a warning",
+    )
     p.add_argument("--out", required=True, help="datalist JSON to write")
     a = p.parse_args(argv)
     mapping: LabelMapping = a.label_mapping

@@ -181,10 +181,13 @@ class BinarizeLabeld(MapTransform):
 
 
 def _load(keys: list[str], label_mapping: LabelMapping, pixdim: Sequence[float], reader: Any = None) -> list:
+    from .checks import CheckFinited
+
     has_label = "label" in keys
     mode = ["bilinear" if k == "image" else "nearest" for k in keys]
     chain: list = [
         LoadImageCheckedd(keys=keys, reader=reader, image_only=True),
+        CheckFinited(keys=keys, warn_all_zero_keys="image"),  # NaN / Inf: error naming key and file
         EnsureChannelFirstd(keys=keys),
     ]
     if has_label:

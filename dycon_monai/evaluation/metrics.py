@@ -13,6 +13,21 @@ or ``inf`` with a warning for empty masks:
   (``n_undefined`` in ``summary.json``).
 
 Volume difference and lesion-count difference are always defined.
+
+Beside MONAI's set, :func:`case_metrics` computes (``metric_policy="both"``, the default) the convention of the
+DyCON authors' evaluation code, which uses medpy, in keys prefixed ``paper_`` (:data:`PAPER_METRIC_KEYS`):
+
+* ``paper_dice`` / ``paper_jaccard``: medpy ``dc`` / ``jc``;
+* ``paper_hd95_*``: medpy ``hd95``, one 95th percentile of the surface distances of BOTH directions pooled
+  (prediction -> label and label -> prediction), not MONAI's larger of two directed percentiles;
+* ``paper_asd_*``: medpy ``asd``, the DIRECTED mean distance from the prediction's surface to the label's;
+* empty masks: when the prediction or the label is empty, all four are 0 (Dice and Jaccard included when both
+  are empty; the authors' ISLES'22 loop scores an empty prediction ``(0, 0, 0, 0)`` and their per-case function
+  sets the distances to 0 for an empty label).
+
+The surface distances are computed here (``scipy.ndimage``), with medpy's definitions (surface = mask minus its
+6-connected erosion, Euclidean distance transform with the voxel spacing); medpy itself only checks them in the
+tests. Every ``paper_`` value is defined (never NaN), so their means average over all cases, as the paper does.
 """
 
 from __future__ import annotations
@@ -33,12 +48,27 @@ from monai.metrics import (
 from scipy import ndimage
 
 from dycon_monai.evaluation.definitions import CASE_METRIC_KEYS, EMPTY_POLICY, SUMMARY_METRIC_KEYS
+from dycon_monai.evaluation.strata import (
+    METRIC_POLICIES,
+    MONAI_ONLY_METRIC_KEYS,
+    PAPER_CONVENTION,
+    PAPER_METRIC_KEYS,
+    case_metric_keys,
+    check_metric_policy,
+)
 
 __all__ = [
     "CASE_METRIC_KEYS",
     "SUMMARY_METRIC_KEYS",
     "EMPTY_POLICY",
+    "METRIC_POLICIES",
+    "MONAI_ONLY_METRIC_KEYS",
+    "PAPER_CONVENTION",
+    "PAPER_METRIC_KEYS",
+    "case_metric_keys",
     "case_metrics",
+    "directed_surface_distances",
+    "paper_case_metrics",
     "lesion_components",
     "lesion_detection_counts",
     "as_binary_mask",
@@ -160,11 +190,97 @@ def _monai_distances(
     return float(hd), float(asd.item())
 
 
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Surface voxels as medpy takes them: the mask minus its erosion by the 6-connected (face) structure."""
+    structure = ndimage.generate_binary_structure(mask.ndim, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=structure, iterations=1)
+
+
+def directed_surface_distances(
+    source: np.ndarray, target: np.ndarray, spacing: Sequence[float] | None = None
+) -> np.ndarray:
+    """Distance from every surface voxel of ``source`` to the nearest surface voxel of ``target``.
+
+    The definition of medpy's surface distances (the building block of its ``hd95`` and ``asd``): surfaces are
+    the masks minus their 6-connected erosion (voxels on the array border count as surface), distances are
+    Euclidean with ``spacing`` per axis (``scipy.ndimage.distance_transform_edt(sampling=spacing)``). The work
+    is done on the bounding box of both masks plus one voxel, which gives the same distances as the full array.
+
+    Args:
+        source: boolean mask ``(*spatial)``, not empty.
+        target: boolean mask of the same shape, not empty.
+        spacing: voxel size per axis (mm); ``None`` means 1 (distances in voxels).
+
+    Returns:
+        1-D float64 array, one distance per surface voxel of ``source`` (in C order).
+
+    Raises:
+        ValueError: on different shapes or an empty mask (the distance is undefined; :func:`paper_case_metrics`
+            applies the paper's empty policy before calling this).
+    """
+    source, target = np.asarray(source, dtype=bool), np.asarray(target, dtype=bool)
+    if source.shape != target.shape:
+        raise ValueError(f"source and target must have the same shape, got {source.shape} and {target.shape}.")
+    for name, m in (("source", source), ("target", target)):
+        if not m.any():
+            raise ValueError(f"{name} mask of shape {m.shape} is empty; surface distances are undefined for it.")
+    sampling = None if spacing is None else _spacing_tuple(spacing, source.ndim)
+    both = np.nonzero(source | target)
+    box = tuple(slice(max(int(ax.min()) - 1, 0), int(ax.max()) + 2) for ax in both)
+    src_surface, tgt_surface = _surface(source[box]), _surface(target[box])
+    dist = ndimage.distance_transform_edt(~tgt_surface, sampling=sampling)
+    return np.asarray(dist[src_surface], dtype=np.float64)
+
+
+def paper_case_metrics(pred: np.ndarray, label: np.ndarray, spacing: Sequence[float] | None = None) -> dict[str, float]:
+    """The DyCON paper's per-case convention (its evaluation code calls medpy), on boolean masks.
+
+    * ``paper_dice`` = ``2 |P & G| / (|P| + |G|)`` (medpy ``dc``), ``paper_jaccard`` = ``|P & G| / |P | G|``
+      (medpy ``jc``);
+    * ``paper_hd95_*`` = 95th percentile (numpy's linear interpolation) of the distances of both directions
+      pooled, prediction -> label and label -> prediction (medpy ``hd95``);
+    * ``paper_asd_*`` = mean distance from the prediction's surface to the label's (medpy ``asd``, directed);
+    * ``_mm`` with ``spacing``, ``_vox`` with unit spacing (the authors pass no spacing: their tables are in
+      voxels of their resampled images);
+    * if the prediction or the label is empty, every value is 0 (Dice and Jaccard too, even when both are
+      empty); see :data:`PAPER_CONVENTION`.
+
+    Args:
+        pred: boolean prediction ``(*spatial)``.
+        label: boolean ground truth of the same shape.
+        spacing: voxel size in mm per axis; ``None`` means 1 mm.
+
+    Returns:
+        dict with the keys of :data:`PAPER_METRIC_KEYS`, all finite floats.
+    """
+    p, g = np.asarray(pred, dtype=bool), np.asarray(label, dtype=bool)
+    if p.shape != g.shape:
+        raise ValueError(f"pred and label must have the same shape, got pred {p.shape} and label {g.shape}.")
+    if not p.any() or not g.any():
+        return dict.fromkeys(PAPER_METRIC_KEYS, 0.0)
+    sp = _spacing_tuple(spacing, p.ndim)
+    inter = int(np.count_nonzero(p & g))
+    out = {
+        "paper_dice": 2.0 * inter / float(np.count_nonzero(p) + np.count_nonzero(g)),
+        "paper_jaccard": inter / float(np.count_nonzero(p | g)),
+    }
+    units = (("mm", sp), ("vox", None)) if any(s != 1.0 for s in sp) else (("mm", None),)
+    for unit, sampling in units:
+        d_pg = directed_surface_distances(p, g, sampling)
+        d_gp = directed_surface_distances(g, p, sampling)
+        out[f"paper_hd95_{unit}"] = float(np.percentile(np.concatenate([d_pg, d_gp]), 95))
+        out[f"paper_asd_{unit}"] = float(d_pg.mean())
+    if "paper_hd95_vox" not in out:
+        out["paper_hd95_vox"], out["paper_asd_vox"] = out["paper_hd95_mm"], out["paper_asd_mm"]
+    return {k: out[k] for k in PAPER_METRIC_KEYS}
+
+
 def case_metrics(
     pred: ArrayLike,
     label: ArrayLike,
     spacing: float | Sequence[float] | np.ndarray | torch.Tensor | None = None,
     percentile: float = 95.0,
+    metric_policy: str = "both",
 ) -> dict[str, Any]:
     """Metrics of one case: MONAI overlap and surface metrics plus ISLES'22 lesion-wise measures.
 
@@ -173,10 +289,14 @@ def case_metrics(
         label: ground-truth mask in the same layouts, same spatial shape as ``pred``.
         spacing: voxel size in mm per spatial axis (a scalar means isotropic). ``None`` means 1 mm,
             so that the ``_mm`` values equal the ``_vox`` values.
-        percentile: Hausdorff percentile (95 gives HD95).
+        percentile: Hausdorff percentile of the MONAI set (95 gives HD95); the paper set is always HD95.
+        metric_policy: which overlap and surface metrics: ``"monai"`` (the keys of :data:`CASE_METRIC_KEYS`),
+            ``"paper"`` (the keys of :data:`PAPER_METRIC_KEYS` in place of MONAI's Dice, IoU, HD95 and ASD) or
+            ``"both"`` (default: :data:`CASE_METRIC_KEYS` followed by :data:`PAPER_METRIC_KEYS`). The lesion-wise,
+            volume and size keys are returned under every policy; :func:`case_metric_keys` gives the order.
 
     Returns:
-        dict with the keys of :data:`CASE_METRIC_KEYS`:
+        dict with the keys of :func:`case_metric_keys` for the policy; the MONAI set:
 
         * ``dice``, ``iou``: in [0, 1] (MONAI ``compute_dice`` / ``compute_iou``);
         * ``hd95_mm``, ``asd_mm``: symmetric 95th-percentile Hausdorff distance (MONAI: the larger of the two
@@ -193,9 +313,14 @@ def case_metrics(
 
         Empty policy: see the module docstring; undefined distances are ``nan``.
 
+        The paper set (``paper_dice``, ``paper_jaccard``, ``paper_hd95_mm``, ``paper_asd_mm``, ``paper_hd95_vox``,
+        ``paper_asd_vox``): see :func:`paper_case_metrics`; never ``nan``.
+
     Raises:
-        ValueError: on mismatched shapes, non-discrete single-channel input or invalid spacing.
+        ValueError: on mismatched shapes, non-discrete single-channel input, invalid spacing or an unknown
+            ``metric_policy``.
     """
+    check_metric_policy(metric_policy)
     spatial_ndim = None
     if spacing is not None and not np.isscalar(spacing):
         spatial_ndim = int(np.asarray(spacing.cpu() if isinstance(spacing, torch.Tensor) else spacing).size)
@@ -230,12 +355,16 @@ def case_metrics(
     }
     out["lesion_f1"] = 1.0 if tp + fp + fn == 0 else tp / (tp + 0.5 * (fp + fn))
 
-    if n_pred_vox == 0 and n_label_vox == 0:
+    if metric_policy != "monai":
+        out.update(paper_case_metrics(p, g, sp))
+    if metric_policy == "paper":
+        out["empty"] = _empty_kind(n_pred_vox, n_label_vox)
+    elif n_pred_vox == 0 and n_label_vox == 0:
         out.update(dice=1.0, iou=1.0, hd95_mm=0.0, asd_mm=0.0, hd95_vox=0.0, asd_vox=0.0, empty="both")
     elif n_pred_vox == 0 or n_label_vox == 0:
         nan = float("nan")
         out.update(dice=0.0, iou=0.0, hd95_mm=nan, asd_mm=nan, hd95_vox=nan, asd_vox=nan)
-        out["empty"] = "pred" if n_pred_vox == 0 else "label"
+        out["empty"] = _empty_kind(n_pred_vox, n_label_vox)
     else:
         pred_t = torch.from_numpy(p)[None, None].float()
         label_t = torch.from_numpy(g)[None, None].float()
@@ -247,4 +376,12 @@ def case_metrics(
         else:
             out["hd95_vox"], out["asd_vox"] = _monai_distances(pred_t, label_t, None, percentile)
         out["empty"] = "none"
-    return {k: out[k] for k in CASE_METRIC_KEYS}
+    return {k: out[k] for k in case_metric_keys(metric_policy)}
+
+
+def _empty_kind(n_pred_vox: int, n_label_vox: int) -> str:
+    if n_pred_vox == 0 and n_label_vox == 0:
+        return "both"
+    if n_pred_vox == 0:
+        return "pred"
+    return "label" if n_label_vox == 0 else "none"

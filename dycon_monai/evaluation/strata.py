@@ -10,6 +10,10 @@ Strata are assigned in ml (resolution independent) by default; :func:`size_strat
 
 Distribution: *single* (one 26-connected lesion) vs *scattered* (more than one). Lesion-free cases form their own
 group (``lesion_free``) in both stratifications.
+
+Metric policies (``metric_policy``): ``"monai"`` (MONAI's Dice, IoU, symmetric HD95 / ASD with our empty policy),
+``"paper"`` (the DyCON authors' medpy convention, keys prefixed ``paper_``) or ``"both"``. Their key lists live
+here, in a module without torch or MONAI, so that summaries of a ``metrics.csv`` stay light.
 """
 
 from __future__ import annotations
@@ -20,9 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from dycon_monai.evaluation.definitions import EMPTY_POLICY, SUMMARY_METRIC_KEYS
+from dycon_monai.evaluation.definitions import CASE_METRIC_KEYS, EMPTY_POLICY, SUMMARY_METRIC_KEYS
 
 __all__ = [
+    "METRIC_POLICIES",
+    "MONAI_ONLY_METRIC_KEYS",
+    "PAPER_CONVENTION",
+    "PAPER_METRIC_KEYS",
+    "case_metric_keys",
+    "check_metric_policy",
+    "summary_metric_keys",
     "SIZE_THRESHOLDS_ML",
     "SIZE_THRESHOLDS_VOXELS",
     "SIZE_STRATA",
@@ -40,6 +51,67 @@ SIZE_THRESHOLDS_ML: tuple[float, float] = (12.0, 24.0)
 SIZE_THRESHOLDS_VOXELS: tuple[int, int] = (1500, 3000)
 SIZE_STRATA: tuple[str, ...] = ("small", "medium", "large", "lesion_free")
 DISTRIBUTION_STRATA: tuple[str, ...] = ("single", "scattered", "lesion_free")
+
+
+#: Accepted values of ``metric_policy``.
+METRIC_POLICIES: tuple[str, ...] = ("monai", "paper", "both")
+#: Keys of the MONAI set that the ``"paper"`` policy leaves out (the rest of CASE_METRIC_KEYS is policy-free).
+MONAI_ONLY_METRIC_KEYS: tuple[str, ...] = ("dice", "iou", "hd95_mm", "asd_mm", "hd95_vox", "asd_vox")
+#: Keys of the paper convention, in the column order of ``metrics.csv``.
+PAPER_METRIC_KEYS: tuple[str, ...] = (
+    "paper_dice",
+    "paper_jaccard",
+    "paper_hd95_mm",
+    "paper_asd_mm",
+    "paper_hd95_vox",
+    "paper_asd_vox",
+)
+#: The paper convention in words; written into ``summary.json["paper_convention"]``.
+PAPER_CONVENTION: dict[str, str] = {
+    "source": "the DyCON authors' evaluation code (medpy.metric.binary dc, jc, hd95, asd), reimplemented",
+    "paper_dice": "2|P&G| / (|P|+|G|) (medpy dc)",
+    "paper_jaccard": "|P&G| / |P|G| (medpy jc)",
+    "paper_hd95": "95th percentile of the surface distances of both directions pooled, pred->label and "
+    "label->pred (medpy hd95)",
+    "paper_asd": "mean distance from the prediction surface to the label surface, directed pred->label (medpy asd)",
+    "surface": "mask minus its 6-connected erosion; Euclidean distance transform with the voxel spacing",
+    "units": "_mm with the image spacing, _vox with unit spacing (the authors pass no spacing)",
+    "empty": "prediction or label empty (both included): dice = jaccard = hd95 = asd = 0",
+    "averaging": "every case counts: no value is undefined",
+}
+
+
+def check_metric_policy(metric_policy: str) -> str:
+    """Return ``metric_policy`` if it is one of :data:`METRIC_POLICIES`, else raise ``ValueError``."""
+    if metric_policy not in METRIC_POLICIES:
+        raise ValueError(f"metric_policy must be one of {list(METRIC_POLICIES)}, got {metric_policy!r}.")
+    return metric_policy
+
+
+def case_metric_keys(metric_policy: str = "both") -> tuple[str, ...]:
+    """Keys of :func:`~dycon_monai.evaluation.case_metrics` for a policy, in ``metrics.csv`` column order.
+
+    ``"monai"``: ``CASE_METRIC_KEYS``; ``"both"``: ``CASE_METRIC_KEYS`` then :data:`PAPER_METRIC_KEYS`;
+    ``"paper"``: :data:`PAPER_METRIC_KEYS` then the policy-free keys of ``CASE_METRIC_KEYS`` (lesion-wise,
+    volumes, sizes, ``empty``).
+    """
+    check_metric_policy(metric_policy)
+    if metric_policy == "monai":
+        return CASE_METRIC_KEYS
+    if metric_policy == "both":
+        return CASE_METRIC_KEYS + PAPER_METRIC_KEYS
+    return PAPER_METRIC_KEYS + tuple(k for k in CASE_METRIC_KEYS if k not in MONAI_ONLY_METRIC_KEYS)
+
+
+def summary_metric_keys(metric_policy: str = "both") -> tuple[str, ...]:
+    """Keys averaged in ``summary.json["metrics"]``: ``SUMMARY_METRIC_KEYS``, without MONAI's under ``"paper"``.
+
+    (The paper keys are summarised apart, in ``summary.json["paper_metrics"]``.)
+    """
+    check_metric_policy(metric_policy)
+    if metric_policy == "paper":
+        return tuple(k for k in SUMMARY_METRIC_KEYS if k not in MONAI_ONLY_METRIC_KEYS)
+    return SUMMARY_METRIC_KEYS
 
 
 def size_stratum(
@@ -83,20 +155,29 @@ def _as_float(v: Any) -> float:
         return float("nan")
 
 
-def describe(values: Iterable[Any]) -> dict[str, Any]:
-    """Mean and population std (``ddof=0``) over the defined values.
+def describe(values: Iterable[Any], median: bool = False) -> dict[str, Any]:
+    """Mean and population std (``ddof=0``) over the defined values, and their median on request.
+
+    Args:
+        values: numbers; ``None``, ``""``, NaN and text count as undefined.
+        median: also return ``"median"`` (after ``"std"``).
 
     Returns:
-        ``{"mean", "std", "n", "n_undefined"}`` where ``n`` counts the defined (finite) values and
-        ``n_undefined`` the NaN / missing ones (for example distances of cases with one empty mask).
-        ``mean`` and ``std`` are ``None`` when no value is defined.
+        ``{"mean", "std", "n", "n_undefined"}`` (``{"mean", "std", "median", "n", "n_undefined"}`` with
+        ``median=True``) where ``n`` counts the defined (finite) values and ``n_undefined`` the NaN / missing ones
+        (for example distances of cases with one empty mask). ``mean``, ``std`` and ``median`` are ``None`` when
+        no value is defined.
     """
     arr = np.array([_as_float(v) for v in values], dtype=np.float64)
     ok = np.isfinite(arr)
     n = int(ok.sum())
-    if n == 0:
-        return {"mean": None, "std": None, "n": 0, "n_undefined": int(arr.size)}
-    return {"mean": float(arr[ok].mean()), "std": float(arr[ok].std()), "n": n, "n_undefined": int(arr.size - n)}
+    out: dict[str, Any] = {"mean": None, "std": None}
+    if n:
+        out = {"mean": float(arr[ok].mean()), "std": float(arr[ok].std())}
+    if median:
+        out["median"] = float(np.median(arr[ok])) if n else None
+    out.update(n=n, n_undefined=int(arr.size - n))
+    return out
 
 
 def _case_groups(row: Mapping[str, Any], thresholds_ml: Sequence[float]) -> tuple[str, str]:
@@ -137,40 +218,72 @@ def strata_tables(
     return out
 
 
+def _rows_policy(rows: Sequence[Mapping[str, Any]]) -> str:
+    has_paper = any(k in r for r in rows for k in PAPER_METRIC_KEYS)
+    has_monai = any(k in r for r in rows for k in MONAI_ONLY_METRIC_KEYS)
+    if has_paper:
+        return "both" if has_monai else "paper"
+    return "monai"
+
+
 def summarize_cases(
     rows: Sequence[Mapping[str, Any]],
-    metrics: Sequence[str] = SUMMARY_METRIC_KEYS,
+    metrics: Sequence[str] | None = None,
     thresholds_ml: Sequence[float] = SIZE_THRESHOLDS_ML,
     run_info: Mapping[str, Any] | None = None,
+    metric_policy: str | None = None,
 ) -> dict[str, Any]:
     """The content of a run's ``summary.json`` from its per-case rows.
 
+    Args:
+        rows: per-case dicts (``metrics.csv`` rows).
+        metrics: keys for ``summary["metrics"]`` and the strata; default :func:`summary_metric_keys` of the policy.
+        thresholds_ml: size strata boundaries in ml.
+        run_info: run metadata, stored as ``summary["run"]``.
+        metric_policy: ``"monai"``, ``"paper"`` or ``"both"``; ``None`` reads it from the rows (paper set present
+            when a row has a ``paper_`` key, MONAI set when a row has ``dice`` ... ``asd_vox``).
+
     Returns:
-        dict with ``format_version``, ``run`` (``run_info``), ``n_cases``, ``metrics`` (``describe`` per key),
-        ``strata`` (:func:`strata_tables` plus their definitions) and ``empty_policy`` (the policy and how many
-        cases it touched).
+        dict with ``format_version``, ``run`` (``run_info``), ``metric_policy``, ``n_cases``, ``metrics``
+        (``describe`` per key), ``strata`` (:func:`strata_tables` plus their definitions; paper keys included
+        under ``"paper"`` / ``"both"``) and ``empty_policy`` (the policy and how many cases it touched); under
+        ``"paper"`` / ``"both"`` also ``paper_metrics`` (mean, std, median, n, n_undefined per paper key) and
+        ``paper_convention`` (:data:`PAPER_CONVENTION`).
     """
+    policy = _rows_policy(rows) if metric_policy is None else check_metric_policy(metric_policy)
+    metrics = tuple(summary_metric_keys(policy) if metrics is None else metrics)
+    paper = policy != "monai"
+    strata_metrics = metrics + (PAPER_METRIC_KEYS if paper else ())
     empty = [str(r.get("empty", "none")) for r in rows]
-    undefined = {k: sum(1 for r in rows if math.isnan(_as_float(r.get(k)))) for k in ("hd95_mm", "asd_mm")}
-    return {
+    undefined = {k: sum(1 for r in rows if k in r and math.isnan(_as_float(r.get(k)))) for k in ("hd95_mm", "asd_mm")}
+    out: dict[str, Any] = {
         "format_version": 1,
         "run": dict(run_info or {}),
+        "metric_policy": policy,
         "n_cases": len(rows),
         "metrics": {k: describe(r.get(k) for r in rows) for k in metrics},
-        "strata": {
-            "definitions": {
-                "size_thresholds_ml": list(thresholds_ml),
-                "size_thresholds_voxels_at_2mm": [round(t / 0.008) for t in thresholds_ml],
-                "size": "small < t0 <= medium < t1 <= large (true lesion volume, ml); lesion_free = 0",
-                "distribution": "single = 1, scattered > 1 true 26-connected lesions; lesion_free = 0",
-            },
-            **strata_tables(rows, metrics, thresholds_ml),
-        },
-        "empty_policy": {
-            **EMPTY_POLICY,
-            "n_both_empty": empty.count("both"),
-            "n_empty_label_only": empty.count("label"),
-            "n_empty_pred_only": empty.count("pred"),
-            "n_distance_undefined": undefined["hd95_mm"],
-        },
     }
+    if paper:
+        out["paper_metrics"] = {k: describe((r.get(k) for r in rows), median=True) for k in PAPER_METRIC_KEYS}
+        out["paper_convention"] = dict(PAPER_CONVENTION)
+    out.update(
+        {
+            "strata": {
+                "definitions": {
+                    "size_thresholds_ml": list(thresholds_ml),
+                    "size_thresholds_voxels_at_2mm": [round(t / 0.008) for t in thresholds_ml],
+                    "size": "small < t0 <= medium < t1 <= large (true lesion volume, ml); lesion_free = 0",
+                    "distribution": "single = 1, scattered > 1 true 26-connected lesions; lesion_free = 0",
+                },
+                **strata_tables(rows, strata_metrics, thresholds_ml),
+            },
+            "empty_policy": {
+                **EMPTY_POLICY,
+                "n_both_empty": empty.count("both"),
+                "n_empty_label_only": empty.count("label"),
+                "n_empty_pred_only": empty.count("pred"),
+                "n_distance_undefined": undefined["hd95_mm"],
+            },
+        }
+    )
+    return out

@@ -17,10 +17,12 @@ from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
 from monai.data.utils import affine_to_spacing
 
-from dycon_monai.evaluation.metrics import CASE_METRIC_KEYS, as_binary_mask, case_metrics
+from dycon_monai.evaluation.metrics import as_binary_mask, case_metrics
 from dycon_monai.evaluation.pictures import save_overlay
 from dycon_monai.evaluation.strata import (
     SIZE_THRESHOLDS_ML,
+    case_metric_keys,
+    check_metric_policy,
     distribution_stratum,
     size_stratum,
     summarize_cases,
@@ -28,12 +30,20 @@ from dycon_monai.evaluation.strata import (
 from dycon_monai.evaluation.transforms import prediction_entropy
 from dycon_monai.utils.io import atomic_save_nifti, atomic_write_csv, atomic_write_json
 
-__all__ = ["CaseMetricsWriter", "METRICS_CSV_COLUMNS"]
+__all__ = ["CaseMetricsWriter", "METRICS_CSV_COLUMNS", "metrics_csv_columns"]
 
-#: Column order of ``metrics.csv``.
-METRICS_CSV_COLUMNS: tuple[str, ...] = (
-    ("case_id",) + CASE_METRIC_KEYS + ("size_stratum", "distribution_stratum", "spacing_mm", "spacing_source")
-)
+
+def metrics_csv_columns(metric_policy: str = "both") -> tuple[str, ...]:
+    """Column order of ``metrics.csv`` for a ``metric_policy`` (``"monai"``, ``"paper"`` or ``"both"``)."""
+    return (
+        ("case_id",)
+        + case_metric_keys(metric_policy)
+        + ("size_stratum", "distribution_stratum", "spacing_mm", "spacing_source")
+    )
+
+
+#: Column order of ``metrics.csv`` under the default policy ``"both"`` (MONAI keys, then the ``paper_`` keys).
+METRICS_CSV_COLUMNS: tuple[str, ...] = metrics_csv_columns("both")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -82,6 +92,11 @@ class CaseMetricsWriter:
         save_entropy_maps: write entropy maps as NIfTI.
         n_slices: slices per overlay.
         size_thresholds_ml: lesion-size strata boundaries in ml.
+        metric_policy: which overlap and surface metrics are computed and written: ``"monai"`` (MONAI's Dice, IoU,
+            symmetric HD95 / ASD with our empty policy), ``"paper"`` (the DyCON authors' medpy convention, columns
+            ``paper_dice``, ``paper_jaccard``, ``paper_hd95_mm``, ``paper_asd_mm``, ``paper_hd95_vox``,
+            ``paper_asd_vox``) or ``"both"`` (default). The paper set is summarised in
+            ``summary.json["paper_metrics"]``; see :func:`~dycon_monai.evaluation.metrics.case_metrics`.
 
     Example::
 
@@ -104,7 +119,9 @@ class CaseMetricsWriter:
         save_entropy_maps: bool = True,
         n_slices: int = 3,
         size_thresholds_ml: Sequence[float] = SIZE_THRESHOLDS_ML,
+        metric_policy: str = "both",
     ) -> None:
+        self.metric_policy = check_metric_policy(metric_policy)
         self.output_dir = Path(output_dir)
         self.image_key = image_key
         self.label_key = label_key
@@ -226,7 +243,10 @@ class CaseMetricsWriter:
                     f"{pred_mask.shape}; invert the resampling of one of them or evaluate both in the same space."
                 )
             spacing, source = self._spacing(out, batch, pred_mask.ndim)
-            row: dict[str, Any] = {"case_id": case, **case_metrics(pred_mask, label_mask, spacing)}
+            row: dict[str, Any] = {
+                "case_id": case,
+                **case_metrics(pred_mask, label_mask, spacing, metric_policy=self.metric_policy),
+            }
             row["size_stratum"] = size_stratum(volume_ml=row["label_volume_ml"], thresholds_ml=self.size_thresholds_ml)
             row["distribution_stratum"] = distribution_stratum(row["label_lesions"])
             row["spacing_mm"] = "x".join(f"{s:g}" for s in spacing)
@@ -246,7 +266,7 @@ class CaseMetricsWriter:
                 )
             image = out.get(self.image_key, batch.get(self.image_key))
             if image is not None and (self.num_overlays is None or self._n_overlays < self.num_overlays):
-                dice = row["dice"]
+                dice = row["dice"] if "dice" in row else row["paper_dice"]
                 save_overlay(
                     image,
                     label_mask,
@@ -273,7 +293,9 @@ class CaseMetricsWriter:
         rows = self._gathered_rows()
         if rows is None:
             return None
-        summary = summarize_cases(rows, thresholds_ml=self.size_thresholds_ml, run_info=self.run_info)
+        summary = summarize_cases(
+            rows, thresholds_ml=self.size_thresholds_ml, run_info=self.run_info, metric_policy=self.metric_policy
+        )
         summary["files"] = {
             "metrics_csv": "metrics.csv",
             "overlays": "overlays/" if any((self.output_dir / "overlays").glob("*.png")) else None,
@@ -281,7 +303,7 @@ class CaseMetricsWriter:
         }
         if engine is not None and getattr(engine.state, "epoch", None) is not None:
             summary["evaluator_epoch"] = int(engine.state.epoch)
-        atomic_write_csv(self.output_dir / "metrics.csv", rows, METRICS_CSV_COLUMNS)
+        atomic_write_csv(self.output_dir / "metrics.csv", rows, metrics_csv_columns(self.metric_policy))
         atomic_write_json(self.output_dir / "summary.json", summary)
         self.summary = summary
         return summary

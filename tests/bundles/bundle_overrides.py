@@ -24,3 +24,27 @@ TINY = {
     "log_interval": 1,
     "progress_bar": False,
 }
+
+#: top-level overrides for a run of a few seconds of the dycon_la bundle on the synthetic h5 stand-in
+LA_TINY = {
+    "device": "cpu",
+    "dataset_name": "synthetic_la",
+    "labeled_count": 2,
+    "max_iterations": 2,
+    "epoch_iterations": 1,
+    "batch_size": 2,
+    "patch_size": [32, 32, 16],
+    "pixdim": [2.5, 2.5, 2.5],
+    "fecl_grid_size": 4,
+    "embedding_dim": 8,
+    "network_def#channels": [4, 8, 16],
+    "network_def#strides": [2, 2],
+    "network_def#num_res_units": 0,
+    "num_workers": 0,
+    "sw_batch_size": 1,
+    "sw_stride": [16, 16, 8],
+    "checkpoint_interval": 1,
+    "log_interval": 1,
+    "progress_bar": False,
+    "num_overlays": 1,
+}

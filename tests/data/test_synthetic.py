@@ -117,6 +117,43 @@ def test_cohort_files_deterministic(tmp_path):
     assert digests[0] == digests[1]
 
 
+def _cohort_digest(root) -> str:
+    """Relative path, dtype, shape, voxels and affine of every NIfTI under ``root``, in path order."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.nii.gz")):
+        img = nib.load(p)
+        a = np.asarray(img.dataobj)
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(str(a.dtype).encode())
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+        h.update(np.asarray(img.affine, dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+# Reference digests of the default preset, recorded with the code as it was before the hard preset and the module
+# split (dycon_monai/data/synthetic.py at commit 161b7c9, copied aside and imported from there by a one-off script
+# that ran exactly the two computations below). They pin the default cohort bit for bit: same files, same voxels.
+# A change of numpy / scipy / nibabel that alters floating-point results would also change them.
+_DEFAULT_COHORT_SHA256 = "0629a002e9f10f179b463f171a3e1ed11e71c59a380b15b2336857d941c0580c"
+_DEFAULT_CASE_SHA256 = "2d22e887797dfa41526d39503a5bf33f9a50d298c099b46b37a5d9f62c2e92ce"
+
+
+def test_default_preset_bit_identical_to_reference(tmp_path):
+    root = make_synthetic_cohort(tmp_path / "c", cases=4, seed=3, spacing=6.0, lesion_free=1)
+    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert len(names) == 4 * 3 + 2 and names[0] == "dataset_description.json"
+    assert _cohort_digest(root) == _DEFAULT_COHORT_SHA256
+    facts = json.loads((root / "synthetic_cohort.json").read_text())
+    assert facts["preset"] == "default"
+    assert set(facts["case_facts"][0]) == {
+        "case_id", "shape", "volume", "num_components", "lesion_free", "reference_volume", "reference_components"
+    }  # fmt: skip
+    case = synthesize_case(3, seed=0, spacing=4.0, reference_volume=3000, components=5)
+    assert _digest(case.dwi, case.adc, case.label, case.affine) == _DEFAULT_CASE_SHA256
+    assert case.mimic is None
+
+
 def test_refuses_existing_root_and_bad_arguments(tmp_path):
     make_synthetic_cohort(tmp_path, cases=1, seed=0, spacing=10.0)
     with pytest.raises(FileExistsError, match="already holds"):

@@ -9,6 +9,7 @@ import torch
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
 
 from dycon_monai.evaluation import CASE_METRIC_KEYS, case_metrics, lesion_detection_counts
+from dycon_monai.evaluation.strata import PAPER_METRIC_KEYS
 
 
 def _box(shape, lo, hi):
@@ -24,7 +25,7 @@ def test_overlap_and_volume_by_hand():
     label = _box(SHAPE, (2, 2, 2), (6, 6, 6))  # 64 voxels
     pred = _box(SHAPE, (4, 2, 2), (8, 6, 6))  # 64 voxels, 32 shared
     m = case_metrics(pred, label, spacing=(1.0, 2.0, 0.5))
-    assert list(m) == list(CASE_METRIC_KEYS)
+    assert list(m) == list(CASE_METRIC_KEYS + PAPER_METRIC_KEYS)  # the default policy "both"
     assert m["dice"] == pytest.approx(2 * 32 / 128, abs=1e-7)
     assert m["iou"] == pytest.approx(32 / 96, abs=1e-7)
     assert m["label_volume_ml"] == pytest.approx(64 * 1.0 / 1000)
