@@ -441,7 +441,9 @@ def _generated_fold(ids: Sequence[str], fold: int, seed: int) -> dict[str, list[
     }
 
 
-def _labeled_count(n_train: int, labeled_fraction: float | None, labeled_count: int | None) -> int:
+def _labeled_count(n_train: int, labeled_fraction: float | None, labeled_count: int | str | None) -> int:
+    if isinstance(labeled_count, str) and labeled_count.lower() == "all":
+        return n_train
     if labeled_count is not None:
         if int(labeled_count) != labeled_count or not 1 <= int(labeled_count) <= n_train:
             raise DataError(
@@ -484,7 +486,7 @@ def isles22_datalist(
     root: PathLike,
     fold: int = 0,
     labeled_fraction: float | None = 0.1,
-    labeled_count: int | None = None,
+    labeled_count: int | str | None = None,
     seed: int = 0,
     modalities: str | Sequence[str] = ("dwi",),
     splits: str = "auto",
@@ -500,7 +502,8 @@ def isles22_datalist(
         fold: fold index 0, 1 or 2.
         labeled_fraction: fraction of the training cases that keep their labels (0.05, 0.1, 0.2 in the paper);
             rounded half up; ignored when ``labeled_count`` is given.
-        labeled_count: number of labeled training cases (overrides ``labeled_fraction``).
+        labeled_count: number of labeled training cases (overrides ``labeled_fraction``); ``"all"`` for every
+            training case (the fully supervised upper bound).
         seed: seed for the labeled subset (and for generated folds).
         modalities: input channels in order, from ``dwi``, ``adc``, ``flair``; DWI only by default.
         splits: ``"auto"`` (published folds if the root holds all 250 published ids, else generated),

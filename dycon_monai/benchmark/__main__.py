@@ -1,0 +1,3 @@
+from dycon_monai.benchmark.cli import main
+
+raise SystemExit(main())
