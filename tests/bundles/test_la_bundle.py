@@ -175,3 +175,14 @@ def test_la_missing_case_of_split_stops_before_training(synthetic_la, tiny_json,
     )
     assert "NO_SUCH_CASE" in proc.stdout + proc.stderr
     assert not list((tmp_path / "o").rglob("model.pt"))
+
+
+def test_la_inference_postprocessing_creates_no_run_folder(tmp_path, monkeypatch):
+    """MONAI Label builds inference.json's post-processing for every model it loads: nothing may be created."""
+    monkeypatch.chdir(tmp_path)
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser["bundle_root"] = str(BUNDLE)
+    parser.get_parsed_content("postprocessing", instantiate=True)
+    assert Path(parser.get_parsed_content("run_dir")).name.startswith("infer_")
+    assert not (tmp_path / "runs").exists()
