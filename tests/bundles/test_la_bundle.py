@@ -186,3 +186,14 @@ def test_la_inference_postprocessing_creates_no_run_folder(tmp_path, monkeypatch
     parser.get_parsed_content("postprocessing", instantiate=True)
     assert Path(parser.get_parsed_content("run_dir")).name.startswith("infer_")
     assert not (tmp_path / "runs").exists()
+
+
+def test_la_upper_bound_trains_with_no_unlabeled_cases(synthetic_la, tiny_json, tmp_path):
+    """labeled_count all leaves the unlabeled stream empty: supervised trains, a semi-supervised method is refused."""
+    base = _split_args(synthetic_la) + ["--labeled_count", "all", "--output_dir", str(tmp_path)]
+    _run(_cmd("run", ["train.json", tiny_json], *base, "--method", "supervised", "--run_name", "up"))
+    assert (tmp_path / "up" / "models" / "model.pt").is_file()
+    datalist = json.loads((tmp_path / "up" / "datalist.json").read_text())
+    assert datalist["training_unlabeled"] == []
+    proc = _run(_cmd("run", ["train.json", tiny_json], *base, "--method", "mean_teacher", "--run_name", "mt"), False)
+    assert "unlabeled_data_loader" in proc.stdout + proc.stderr
