@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from .mean_teacher import (
-    LOSS_TERMS,
-    METHODS,
-    OUTPUT_SCALARS,
-    MeanTeacherTrainer,
-    NonFiniteLossError,
-    loss_terms_transform,
-    method_weights,
-)
+from dycon_monai.handlers.nonfinite import NonFiniteLossError
+
+from .mean_teacher import MeanTeacherTrainer
+from .methods import LOSS_TERMS, METHODS, OUTPUT_SCALARS, loss_terms_transform, method_weights
+from .streams import LabeledUnlabeledStreams
 from .validation import VAL_KEY_METRIC, make_evaluator, validation_postprocessing
 
 __all__ = [
@@ -18,6 +14,7 @@ __all__ = [
     "METHODS",
     "OUTPUT_SCALARS",
     "VAL_KEY_METRIC",
+    "LabeledUnlabeledStreams",
     "MeanTeacherTrainer",
     "NonFiniteLossError",
     "loss_terms_transform",

@@ -1,10 +1,12 @@
-"""Ignite handlers for DyCON training: EMA teacher, schedules, atomic checkpoints (and per-case metrics)."""
+"""Ignite handlers for DyCON training: EMA teacher, schedules, gradient norm, non-finite policy, checkpoints, metrics."""
 
 from __future__ import annotations
 
 from .checkpoint import AtomicCheckpointSaver, atomic_torch_save, checkpoint_dict, checkpoint_loader, latest_checkpoint
 from .ema import EMATeacherHandler, ema_decay_at, ema_update_
+from .gradients import GradientNormHandler, StepEvents, gradient_norm
 from .metrics_writer import CaseMetricsWriter
+from .nonfinite import NonFiniteHandler, NonFiniteLossError
 from .schedule import BetaScheduleHandler, FeCLEpochHandler, ScheduleHandler
 
 __all__ = [
@@ -13,11 +15,16 @@ __all__ = [
     "CaseMetricsWriter",
     "EMATeacherHandler",
     "FeCLEpochHandler",
+    "GradientNormHandler",
+    "NonFiniteHandler",
+    "NonFiniteLossError",
     "ScheduleHandler",
+    "StepEvents",
     "atomic_torch_save",
     "checkpoint_dict",
     "checkpoint_loader",
     "ema_decay_at",
     "ema_update_",
+    "gradient_norm",
     "latest_checkpoint",
 ]

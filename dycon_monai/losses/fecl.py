@@ -634,7 +634,7 @@ class FeCLLoss(_Loss):
                 f"FeCLLoss label volume batch {tuple(labels.shape)} does not match embedding map {tuple(embeddings.shape)}."
             )
         tea = patchify_embeddings(teacher_embeddings, self.grid_size) if teacher_embeddings is not None else None
-        if student_probs is not None and patch_entropy_ is None:
+        if student_probs is not None and patch_entropy_ is None and self.uses_entropy:
             patch_entropy_ = patch_entropy(student_probs, self.grid_size, self.gambling_temperature)
         return emb, lab, tea, patch_entropy_
 
@@ -657,7 +657,7 @@ class FeCLLoss(_Loss):
                 They take the student's patch labels.
             patch_entropy: optional ``(B, N)`` normalised entropies in ``[0, 1]`` (:func:`patch_entropy`).
             student_probs: optional ``(B, C, *spatial)`` student probabilities, turned into ``patch_entropy`` when that
-                is not given (map inputs only).
+                is not given and the loss weights by entropy (:attr:`uses_entropy`; map inputs only).
 
         Returns:
             A float32 scalar (``"mean"`` / ``"sum"``) or the ``(B, N)`` per-anchor map (``"none"``).
@@ -675,6 +675,44 @@ class FeCLLoss(_Loss):
                 "FeCLLoss student_probs is only used with embedding maps (B, D, *spatial); with (B, N, D) patch "
                 "embeddings pass patch_entropy=patch_entropy(probs, grid_size) instead."
             )
+        return self.from_patches(embeddings, labels, teacher_embeddings, patch_entropy)
+
+    def from_predictions(
+        self,
+        embeddings: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        teacher_embeddings: torch.Tensor | None = None,
+        student_probs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """FeCL of a batch whose first samples carry ground truth and the rest the teacher's pseudo-labels.
+
+        Args:
+            embeddings: ``(B, D, *grid)`` student embedding map of the whole batch.
+            teacher_logits: ``(B_u, C, *spatial)`` teacher logits of the last ``B_u`` samples; their argmax is the
+                label volume of those samples (the ground truth of unlabeled cases is never needed).
+            labels: ``(B - B_u, 1, *spatial)`` ground-truth volume of the first samples, or ``None`` when
+                ``B_u == B``.
+            teacher_embeddings, student_probs: as in :meth:`forward`.
+        """
+        if teacher_logits.shape[1] > 2:
+            raise ValueError(
+                f"FeCL patch labels are binary (foreground when the mean label > {self.label_threshold}); the network "
+                f"predicts {teacher_logits.shape[1]} classes. Use a 2-class output or fecl_weight=0."
+            )
+        volumes = [] if labels is None else [labels.float()]
+        volumes.append(teacher_logits.argmax(dim=1, keepdim=True).float())
+        return self(embeddings, torch.cat(volumes, dim=0), teacher_embeddings, student_probs=student_probs)
+
+    def from_patches(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        teacher_embeddings: torch.Tensor | None = None,
+        patch_entropy: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The loss of ``(B, N, D)`` patch embeddings with ``(B, N)`` patch labels (what :meth:`forward` computes
+        once map inputs are turned into patches)."""
         self._validate(embeddings, labels, teacher_embeddings, patch_entropy)
         if self.variant == "reference" and patch_entropy is not None:
             raise ValueError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ __all__ = [
     "DyCONNet",
     "FeatureLayer",
     "check_feature_grid",
+    "check_head_in_optimizer",
     "default_feature_layer",
     "encoder_feature_layer",
     "infer_feature_channels",
@@ -31,6 +33,21 @@ def unwrap_module(module: nn.Module) -> nn.Module:
     if isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         return module.module
     return module
+
+
+def check_head_in_optimizer(network: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Warn when the projection head of ``network`` (a :class:`DyCONNet`, possibly wrapped) is not optimised."""
+    head = getattr(unwrap_module(network), "head", None)
+    if head is None:
+        return
+    in_opt = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [n for n, p in head.named_parameters() if id(p) not in in_opt]
+    if missing:
+        warnings.warn(
+            f"the projection head parameters {missing[:3]} are not in the optimizer: FeCL will not train the "
+            "head. Build the optimizer over network.parameters().",
+            stacklevel=3,
+        )
 
 
 @dataclass(frozen=True)

@@ -67,8 +67,7 @@ def make_trainer(
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     options: dict[str, Any] = {
         "uncl_loss": UnCLLoss(),
-        "fecl_loss": FeCLLoss(chunk_size=64),
-        "fecl_grid_size": GRID,
+        "fecl_loss": FeCLLoss(chunk_size=64, grid_size=GRID),
         **method_weights(method),
     }
     options.update(kwargs)

@@ -43,8 +43,7 @@ def _run(datalist) -> list[dict[str, float]]:
         loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
         unlabeled_data_loader=unl,
         uncl_loss=UnCLLoss(),
-        fecl_loss=FeCLLoss(chunk_size=64),
-        fecl_grid_size=4,
+        fecl_loss=FeCLLoss(chunk_size=64, grid_size=4),
         **method_weights("dycon", consistency_weight=0.1),
     )
     losses = record_losses(trainer)

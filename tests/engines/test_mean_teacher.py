@@ -9,7 +9,7 @@ from ignite.engine import Events
 from monai.data import DataLoader, Dataset
 from monai.handlers import StatsHandler
 from monai.networks.nets import UNet
-from mt_helpers import make_cases, make_loaders, make_net, make_trainer, record_losses
+from mt_helpers import GRID, make_cases, make_loaders, make_net, make_trainer, record_losses
 
 from dycon_monai.engines import (
     LOSS_TERMS,
@@ -21,6 +21,7 @@ from dycon_monai.engines import (
     method_weights,
 )
 from dycon_monai.handlers import ema_decay_at
+from dycon_monai.losses import FeCLLoss
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead
 
@@ -136,7 +137,7 @@ def test_fecl_needs_dycon_net_and_a_large_enough_feature_map():
     unet = UNet(3, 1, 2, channels=(4, 8, 16, 32), strides=(2, 2, 2), num_res_units=1)
     with pytest.raises(TypeError, match="network must be a DyCONNet"):
         make_trainer("dycon", net=unet)
-    trainer = make_trainer("dycon", max_epochs=1, fecl_grid_size=16)
+    trainer = make_trainer("dycon", max_epochs=1, fecl_loss=FeCLLoss(grid_size=16))
     with pytest.raises(ValueError, match=r"FeCL grid 16\^3 needs a feature map of at least 16.*\(8, 8, 8\)"):
         trainer.run()
 
@@ -255,9 +256,10 @@ def test_uncl_on_all_and_reference_fecl_run():
     trainer.run()
     assert losses[0]["consistency_weight"] == pytest.approx(0.1 * torch.exp(torch.tensor(-5.0)).item())
     assert losses[1]["consistency_weight"] > losses[0]["consistency_weight"]
-    from dycon_monai.losses import FeCLLoss
 
-    trainer = make_trainer("dycon", max_epochs=1, fecl_loss=FeCLLoss(variant="reference", gamma=2.0, chunk_size=64))
+    trainer = make_trainer(
+        "dycon", max_epochs=1, fecl_loss=FeCLLoss(variant="reference", gamma=2.0, chunk_size=64, grid_size=GRID)
+    )
     trainer.run()
     assert torch.isfinite(torch.tensor(trainer.state.loss_terms["loss_fecl"]))
 

@@ -16,7 +16,7 @@ class _SpyFeCL(FeCLLoss):
         super().__init__(**kwargs)
         self.calls: list[dict] = []
 
-    def forward(self, embeddings, labels, teacher_embeddings=None, patch_entropy=None, student_probs=None):
+    def from_patches(self, embeddings, labels, teacher_embeddings=None, patch_entropy=None):
         self.calls.append(
             {
                 "batch": embeddings.shape[0],
@@ -25,12 +25,12 @@ class _SpyFeCL(FeCLLoss):
                 "entropy": None if patch_entropy is None else patch_entropy.shape[0],
             }
         )
-        return super().forward(embeddings, labels, teacher_embeddings, patch_entropy, student_probs)
+        return super().from_patches(embeddings, labels, teacher_embeddings, patch_entropy)
 
 
 @pytest.mark.parametrize("fecl_on, expected_batch", [("unlabeled", 2), ("all", 4)])
 def test_fecl_on_selects_the_batch_part(one_thread, fecl_on, expected_batch):
-    spy = _SpyFeCL(chunk_size=64)
+    spy = _SpyFeCL(chunk_size=64, grid_size=GRID)
     trainer = make_trainer("dycon", max_epochs=1, fecl_loss=spy, fecl_on=fecl_on)
     trainer.run()
     assert spy.calls and all(c["batch"] == expected_batch for c in spy.calls)
@@ -50,14 +50,14 @@ def test_fecl_on_all_uses_ground_truth_patches_for_labeled_samples(one_thread):
     cases = make_cases(2, True, 0, prefix="lab")
     lab = DataLoader(Dataset(cases), batch_size=2, shuffle=False)
     _, unl = make_loaders()
-    spy = _SpyFeCL(chunk_size=64)
+    spy = _SpyFeCL(chunk_size=64, grid_size=GRID)
     make_trainer("dycon", max_epochs=1, loaders=(lab, unl), fecl_loss=spy, fecl_on="all").run()
     truth = patchify_labels(torch.stack([c["label"] for c in cases]), GRID)
     torch.testing.assert_close(spy.calls[0]["labels"][:2].long(), truth.long())
 
 
 def test_reference_fecl_gets_no_entropy(one_thread):
-    spy = _SpyFeCL(variant="reference", chunk_size=64)
+    spy = _SpyFeCL(variant="reference", chunk_size=64, grid_size=GRID)
     make_trainer("dycon", max_epochs=1, fecl_loss=spy).run()
     assert spy.calls and all(c["entropy"] is None for c in spy.calls)
 
