@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--with-reference", action="store_true", help="also time FeCL variant='reference' (chunked, checkpointed)"
     )
+    parser.add_argument("--only", choices=("fecl", "uncl"), default=None, help="measure one loss only")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -231,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     print("each measurement runs in a fresh process; time = median forward+backward; memory = peak extra over baseline")
     results = {"device": _device_name(args.device), "torch": torch.__version__, "quick": args.quick, "rows": []}
     for loss, sizes, baseline in (("fecl", fecl_sizes, "dense"), ("uncl", uncl_sizes, "unfused")):
+        if args.only and loss != args.only:
+            continue
         for size in sizes:
             ours = _spawn(loss, "ours", size, args)
             row = {"loss": loss, "size": size, "ours": ours}

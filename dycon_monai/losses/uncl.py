@@ -7,7 +7,6 @@ import math
 import torch
 import torch.nn.functional as F
 from monai.utils import LossReduction
-from torch.autograd.function import once_differentiable
 from torch.nn.modules.loss import _Loss
 
 __all__ = ["UnCLLoss", "uncl_voxel_terms"]
@@ -73,97 +72,6 @@ def uncl_voxel_terms(
     return dist / weight + beta * (h_s + h_t)
 
 
-def _uncl_from_logits(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    beta: float,
-    distance: str,
-    dtype: torch.dtype,
-    grad_weight: float | torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-voxel UnCL and, when ``grad_weight`` is given, the gradient of ``sum_i grad_weight_i * l_i`` w.r.t. ``s``.
-
-    With ``W = exp(beta H_s) + exp(beta H_t)`` and ``s`` the student logits, per voxel::
-
-        dl/ds = dD/ds / W + beta * (1 - D exp(beta H_s) / W^2) * dH_s/ds,     dH_s/ds_c = -p_c (log p_c + H_s)
-
-    which is Eq. 2 (``dl/dp``) multiplied by the softmax Jacobian; ``dD/ds_c = p_c (2 (p_s,c - p_t,c) - m)`` with
-    ``m = sum_j 2 p_j (p_s,j - p_t,j)`` for ``"mse"`` and ``p_s - p_t`` for ``"kl"``. The gradient costs three fused
-    class-sized passes (``addcmul``) on top of the forward's intermediates.
-    """
-    with torch.no_grad():
-        log_ps = F.log_softmax(student_logits.to(dtype), dim=1)
-        log_pt = F.log_softmax(teacher_logits.to(dtype), dim=1)
-        ps, pt = log_ps.exp(), log_pt.exp()
-        neg_h_s = (ps * log_ps).sum(dim=1, keepdim=True)  # -H_s
-        neg_h_t = (pt * log_pt).sum(dim=1, keepdim=True)
-        e_s = torch.exp(neg_h_s * -beta)
-        w = torch.exp(neg_h_t * -beta).add_(e_s)
-        if distance == "mse":
-            diff = ps - pt
-            del pt, log_pt  # not needed any more: free them before the gradient's temporaries
-            dist = (diff * diff).sum(dim=1, keepdim=True)
-        else:
-            dist = (pt * (log_pt - log_ps)).sum(dim=1, keepdim=True)
-        per_voxel = (dist / w).sub_((neg_h_s + neg_h_t).mul_(beta)).squeeze(1)
-        if grad_weight is None:
-            return per_voxel, None
-        if isinstance(grad_weight, torch.Tensor):
-            grad_weight = grad_weight.to(dtype).unsqueeze(1)
-        a = grad_weight / w  # weight of dD/ds
-        c = (1.0 - dist * e_s / (w * w)) * (grad_weight * beta)  # weight of dH_s/ds
-        if distance == "mse":
-            # ps * (2 a diff - a m - c log ps - c H_s)
-            k = c * neg_h_s - a * (2.0 * (ps * diff).sum(dim=1, keepdim=True))
-            grad = torch.addcmul(k, 2.0 * a, diff).addcmul_(c, log_ps, value=-1.0).mul_(ps)
-        else:
-            # ps * (a - c log ps - c H_s) - a pt
-            grad = torch.addcmul(a + c * neg_h_s, c, log_ps, value=-1.0).mul_(ps).addcmul_(a, pt, value=-1.0)
-        return per_voxel, grad
-
-
-class _UnCLScalar(torch.autograd.Function):
-    """Mean or sum of the per-voxel UnCL; the gradient is computed in the forward pass and only it is kept.
-
-    The kept gradient stays in the compute dtype and is scaled by the incoming gradient (e.g. an AMP loss scale)
-    before it is cast to the input dtype, so float16 inputs do not lose small gradients.
-    """
-
-    @staticmethod
-    def forward(ctx, student_logits, teacher_logits, beta, distance, dtype, reduction, grad_enabled):  # type: ignore[override]
-        n = student_logits.numel() // student_logits.shape[1]
-        need_grad = ctx.needs_input_grad[0] and grad_enabled  # needs_input_grad is True under no_grad too
-        weight = (1.0 / n if reduction == LossReduction.MEAN.value else 1.0) if need_grad else None
-        per_voxel, grad = _uncl_from_logits(student_logits, teacher_logits, beta, distance, dtype, weight)
-        ctx.save_for_backward(grad)
-        ctx.input_dtype = student_logits.dtype
-        return per_voxel.mean() if reduction == LossReduction.MEAN.value else per_voxel.sum()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):  # type: ignore[override]
-        (grad,) = ctx.saved_tensors
-        return (grad * grad_output.to(grad.dtype)).to(ctx.input_dtype), None, None, None, None, None, None
-
-
-class _UnCLMap(torch.autograd.Function):
-    """Per-voxel UnCL map; keeps only the input logits (alive anyway) and recomputes in the backward."""
-
-    @staticmethod
-    def forward(ctx, student_logits, teacher_logits, beta, distance, dtype):  # type: ignore[override]
-        per_voxel, _ = _uncl_from_logits(student_logits, teacher_logits, beta, distance, dtype)
-        ctx.save_for_backward(student_logits, teacher_logits)
-        ctx.beta, ctx.distance, ctx.dtype = beta, distance, dtype
-        return per_voxel
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):  # type: ignore[override]
-        student_logits, teacher_logits = ctx.saved_tensors
-        _, grad = _uncl_from_logits(student_logits, teacher_logits, ctx.beta, ctx.distance, ctx.dtype, grad_output)
-        return grad.to(student_logits.dtype), None, None, None, None
-
-
 class UnCLLoss(_Loss):
     """Uncertainty-aware Consistency Loss (UnCL) of DyCON, paper Eq. 1.
 
@@ -190,11 +98,10 @@ class UnCLLoss(_Loss):
     Numerics: probabilities and logs come from ``log_softmax`` computed in float32 (float64 when an input is float64),
     so logits of magnitude 1e4 and float16 / bfloat16 inputs give finite values and gradients. The result is float32
     (float64 for float64 inputs) whatever the input dtype, which is what mixed-precision training wants for a loss.
-    ``beta = 0`` gives ``0.5 * mean_i D_i``, half the class-summed MSE. The gradient is written by hand (Eq. 2 chained
-    through the softmax Jacobian, a few fused passes instead of autograd's chain of elementwise ops) and checked
-    against autograd in the tests. For ``"mean"`` / ``"sum"`` it is computed in the forward pass and only the gradient
-    is kept for the backward (one logits-sized tensor); ``"none"`` keeps nothing but the input logits and recomputes.
-    It is first-order only (no double backward).
+    ``beta = 0`` gives ``0.5 * mean_i D_i``, half the class-summed MSE. The gradient is plain autograd through
+    ``log_softmax``: a hand-written Eq. 2 backward was measured against it (``benchmarks/bench_losses.py``, see
+    ``docs/benchmarks.md``) and was slower with under 20 % less peak memory, so it was not kept. The tests check the
+    autograd gradient against Eq. 2 chained through the softmax Jacobian.
 
     Reference:
         M. Assefa et al., "DyCON: Dynamic Uncertainty-aware Consistency and Contrastive Learning for Semi-supervised
@@ -284,11 +191,11 @@ class UnCLLoss(_Loss):
         b = _check_beta(self.beta if beta is None else beta)
         b = float(b) if isinstance(b, torch.Tensor) else b
         dtype = _compute_dtype(student_logits, teacher_logits)
-        teacher_logits = teacher_logits.detach()
-        if self.reduction == LossReduction.NONE.value:
-            return _UnCLMap.apply(student_logits, teacher_logits, b, self.distance, dtype)
-        grad_enabled = torch.is_grad_enabled() and student_logits.requires_grad
-        return _UnCLScalar.apply(student_logits, teacher_logits, b, self.distance, dtype, self.reduction, grad_enabled)
+        log_ps = F.log_softmax(student_logits.to(dtype), dim=1)
+        with torch.no_grad():
+            log_pt = F.log_softmax(teacher_logits.detach().to(dtype), dim=1)
+        per_voxel = uncl_voxel_terms(log_ps.exp(), log_ps, log_pt.exp(), log_pt, b, self.distance)
+        return self._reduce(per_voxel)
 
     def forward_probs(
         self, student_probs: torch.Tensor, teacher_probs: torch.Tensor, beta: float | torch.Tensor | None = None

@@ -95,7 +95,7 @@ def test_logit_gradient_is_eq2_through_the_softmax_jacobian():
 
 @pytest.mark.parametrize("distance", ["mse", "kl"])
 @pytest.mark.parametrize("beta", [0.0, 0.6, 2.0])
-def test_hand_written_backward_matches_autograd(distance, beta):
+def test_map_gradient_matches_the_voxel_terms_and_gradcheck(distance, beta):
     torch.manual_seed(4)
     s = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
     t = torch.randn(2, 3, 4, 5, dtype=torch.float64)
