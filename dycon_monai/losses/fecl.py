@@ -26,7 +26,7 @@ from dycon_monai.utils.schedules import fecl_reference_threshold
 __all__ = ["FeCLLoss", "patch_entropy", "patchify_embeddings", "patchify_labels", "pool_to_grid"]
 
 _VARIANTS = ("paper", "reference")
-_HARD_NEGATIVE_MODES = ("denominator", "auxiliary", "none")
+_HARD_NEGATIVE_MODES = ("denominator", "none")
 _NEG_INF = float("-inf")
 
 
@@ -171,17 +171,12 @@ class _PaperConfig:
     top_k: int
     mode: str
     chunk_size: int
-    threshold: float
-    lambda_cross: float
 
 
 @dataclass
 class _KernelOut:
     loss: torch.Tensor  # (B, N) per-anchor L_i (0 for anchors without positives)
-    teacher_sum: torch.Tensor | None  # (B, N) auxiliary teacher term summed over each anchor's valid pairs
-    teacher_count: torch.Tensor | None  # (B, N) number of valid teacher pairs per anchor
     grad_loss: torch.Tensor | None  # (B, N, D) d(sum_i a_i L_i)/dz
-    grad_teacher: torch.Tensor | None  # (B, N, D) d(sum_i t_i teacher_sum_i)/dz
 
 
 @torch.no_grad()
@@ -193,7 +188,6 @@ def _paper_kernel(
     pos_count: torch.Tensor,
     cfg: _PaperConfig,
     anchor_weight: torch.Tensor | None = None,
-    teacher_weight: torch.Tensor | None = None,
 ) -> _KernelOut:
     """Paper FeCL per anchor, chunk by chunk, optionally with the gradient of a weighted sum w.r.t. ``zn``.
 
@@ -213,16 +207,11 @@ def _paper_kernel(
     dtype = zn.dtype
     inv_tau = 1.0 / cfg.tau
     use_hn = cfg.mode == "denominator" and ztn is not None
-    use_aux = cfg.mode == "auxiliary" and ztn is not None
     k_top = min(cfg.top_k, n_all)
     want_grad = anchor_weight is not None
-    want_teacher_grad = use_aux and teacher_weight is not None
 
     loss = zn.new_zeros(bsz, n_all)
-    t_sum = zn.new_zeros(bsz, n_all) if use_aux else None
-    t_cnt = zn.new_zeros(bsz, n_all) if use_aux else None
     grad = torch.zeros_like(zn) if want_grad else None
-    grad_t = torch.zeros_like(zn) if want_teacher_grad else None
     zn_t = zn.transpose(1, 2)
     zt_t = ztn.transpose(1, 2) if ztn is not None else None
     n_other_all = (n_all - 1 - pos_count).to(dtype)  # other-class patches per anchor
@@ -299,21 +288,7 @@ def _paper_kernel(
                     grad[b, i0:i1] += F.embedding_bag(t_idx[b], ztn[b], per_sample_weights=g_t[b], mode="sum")
         del e_neg
 
-        if use_aux:
-            c_st = torch.bmm(zc, zt_t)  # no temperature
-            valid = (labels[:, i0:i1].unsqueeze(2) != labels.unsqueeze(1)) & (c_st > cfg.threshold)
-            one_minus = c_st.neg_().add_(1.0).clamp_min_(0.0).add_(1e-18)
-            term = one_minus.log().neg_().mul_(valid)
-            t_sum[:, i0:i1] = term.sum(dim=2)
-            t_cnt[:, i0:i1] = valid.sum(dim=2).to(dtype)
-            del term
-            if want_teacher_grad:
-                # d/dc -log(1 - c + 1e-18) = 1 / (1 - c + 1e-18); 0 where the clamp at c >= 1 is active
-                inside = valid & (one_minus > 1.5e-18)
-                g_aux = one_minus.reciprocal_().mul_(inside).mul_(teacher_weight[:, i0:i1].unsqueeze(2))
-                grad_t[:, i0:i1] += torch.bmm(g_aux, ztn)
-
-    return _KernelOut(loss, t_sum, t_cnt, grad, grad_t)
+    return _KernelOut(loss, grad)
 
 
 class _PaperFeCLScalar(torch.autograd.Function):
@@ -322,19 +297,9 @@ class _PaperFeCLScalar(torch.autograd.Function):
     @staticmethod
     def forward(ctx, zn, ztn, labels, pos_weight, pos_count, anchor_weight, cfg, grad_enabled):  # type: ignore[override]
         need_grad = ctx.needs_input_grad[0] and grad_enabled  # needs_input_grad is True under no_grad too
-        use_aux = cfg.mode == "auxiliary" and ztn is not None
-        ones = torch.ones_like(anchor_weight) if (use_aux and need_grad) else None
-        out = _paper_kernel(zn, ztn, labels, pos_weight, pos_count, cfg, anchor_weight if need_grad else None, ones)
-        total = (anchor_weight * out.loss).sum()
-        grad = out.grad_loss
-        if use_aux:
-            count = out.teacher_count.sum()
-            if float(count) > 0:
-                total = total + cfg.lambda_cross * out.teacher_sum.sum() / count
-                if need_grad:
-                    grad = grad + (cfg.lambda_cross / count) * out.grad_teacher
-        ctx.save_for_backward(grad)
-        return total
+        out = _paper_kernel(zn, ztn, labels, pos_weight, pos_count, cfg, anchor_weight if need_grad else None)
+        ctx.save_for_backward(out.grad_loss)
+        return (anchor_weight * out.loss).sum()
 
     @staticmethod
     @once_differentiable
@@ -349,30 +314,17 @@ class _PaperFeCLPerAnchor(torch.autograd.Function):
     @staticmethod
     def forward(ctx, zn, ztn, labels, pos_weight, pos_count, cfg):  # type: ignore[override]
         out = _paper_kernel(zn, ztn, labels, pos_weight, pos_count, cfg)
-        per_anchor = out.loss
-        scale = 0.0
-        if out.teacher_sum is not None:
-            count = float(out.teacher_count.sum())
-            if count > 0:
-                scale = cfg.lambda_cross / count
-                per_anchor = per_anchor + scale * out.teacher_sum
         ctx.cfg = cfg
-        ctx.teacher_scale = scale
         ctx.save_for_backward(zn, ztn, labels, pos_weight, pos_count)
-        return per_anchor
+        return out.loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):  # type: ignore[override]
         zn, ztn, labels, pos_weight, pos_count = ctx.saved_tensors
         cfg = ctx.cfg
-        g = grad_output.to(zn.dtype)
-        use_aux = cfg.mode == "auxiliary" and ztn is not None
-        out = _paper_kernel(zn, ztn, labels, pos_weight, pos_count, cfg, g, g * ctx.teacher_scale if use_aux else None)
-        grad = out.grad_loss
-        if out.grad_teacher is not None:
-            grad = grad + out.grad_teacher
-        return grad, None, None, None, None, None
+        out = _paper_kernel(zn, ztn, labels, pos_weight, pos_count, cfg, grad_output.to(zn.dtype))
+        return out.grad_loss, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -446,16 +398,16 @@ class FeCLLoss(_Loss):
     it is undefined); the top-K term is added once per denominator, not once per negative; ``K_i = min(K, #other-class
     teacher patches)`` and ``HN_i = 0`` when there are none.
 
-    ``hard_negatives``: ``"denominator"`` (paper Eq. 3/6, needs ``teacher_embeddings``); ``"auxiliary"`` (the released
-    code: no ``HN`` in the denominator, instead ``lambda_cross`` times the mean of ``-log(1 - z_i . zt_l + 1e-18)`` over
-    other-class pairs with ``z_i . zt_l > thr(epoch)``, ``thr(t) = 0.3 + 0.2 * exp(-5 (1 - min(t, R) / R)^2)``);
-    ``"none"``.
+    ``hard_negatives``: ``"denominator"`` (paper Eq. 3/6, needs ``teacher_embeddings``) or ``"none"``. The released
+    code's teacher term (``lambda_cross`` times the mean of ``-log(1 - z_i . zt_l + 1e-18)`` over other-class pairs
+    with ``z_i . zt_l > thr(epoch)``, ``thr(t) = 0.3 + 0.2 * exp(-5 (1 - min(t, R) / R)^2)``) belongs to
+    ``variant="reference"``.
 
     Reduction ``"mean"`` (SPEC): per sample, the mean of ``L_i`` over anchors with at least one positive, then the mean
     over the samples that have such anchors; 0 (not NaN, still differentiable) when no anchor qualifies. ``"sum"``:
     the sum of ``L_i`` over all anchors. ``"none"``: the ``(B, N)`` map of ``L_i`` (0 for anchors without positives).
-    The auxiliary teacher term (a mean over pairs) is added to ``"mean"`` and ``"sum"`` as ``lambda_cross * mean``;
-    with ``"none"`` each anchor carries its share of it, so ``none.sum() == sum``.
+    With ``variant="reference"`` its teacher term (a mean over pairs) is added to ``"mean"`` and ``"sum"`` as
+    ``lambda_cross * mean``; with ``"none"`` each anchor carries its share of it, so ``none.sum() == sum``.
 
     Implementation: ``variant="paper"`` runs over chunks of ``chunk_size`` anchors (each chunk holds ``(B, chunk, N)``
     similarities, never ``B x N x N``), in log space (log-sum-exp), and computes the gradient with respect to the
@@ -493,13 +445,13 @@ class FeCLLoss(_Loss):
             temperature: ``tau`` in ``S = cos / tau`` (0.6 in the paper).
             gamma: focal exponent (0.5 for ISLES'22, 0.8 for the other datasets in the paper; 2.0 in the released
                 scripts for ``variant="reference"``).
-            hard_negatives: ``"denominator"``, ``"auxiliary"`` or ``"none"`` (paper variant only).
+            hard_negatives: ``"denominator"`` or ``"none"`` (paper variant only).
             top_k: ``K`` teacher hard negatives per anchor (16 in the paper).
             use_entropy: multiply positive-pair weights by ``exp(Hn_k)`` when a patch entropy is given.
             gambling_temperature: ``T_g`` of Eq. 5, used when the loss computes the entropy itself from
                 ``student_probs``.
             chunk_size: anchors per chunk; memory is ``O(B * chunk_size * N)``.
-            lambda_cross: weight of the released code's teacher term (``"auxiliary"`` mode and ``variant="reference"``).
+            lambda_cross: weight of the released code's teacher term (``variant="reference"``).
             ramp_length: ``R`` of the teacher-term threshold ``thr(epoch)`` (1500 in the released code).
             reduction: ``"mean"``, ``"sum"`` or ``"none"`` (see the class docstring).
             grid_size: ``k`` for map inputs (``(B, D, *spatial)`` embeddings are pooled to ``k^d`` patches).
@@ -750,8 +702,6 @@ class FeCLLoss(_Loss):
         pos_count: torch.Tensor,
         entropy: torch.Tensor | None,
     ) -> torch.Tensor:
-        mode = self.hard_negatives
-        use_aux = mode == "auxiliary" and ztn is not None
         pos_weight = None
         if self.use_entropy and entropy is not None:
             pos_weight = entropy.detach().to(zn.dtype).clamp(0.0, 1.0).exp()
@@ -759,15 +709,13 @@ class FeCLLoss(_Loss):
             tau=self.temperature,
             gamma=self.gamma,
             top_k=self.top_k,
-            mode=mode,
+            mode=self.hard_negatives,
             chunk_size=self.chunk_size,
-            threshold=fecl_reference_threshold(self.epoch, self.ramp_length),
-            lambda_cross=self.lambda_cross,
         )
         qualifies = pos_count > 0
         if self.reduction == LossReduction.NONE.value:
             return _PaperFeCLPerAnchor.apply(zn, ztn, labels, pos_weight, pos_count, cfg)
-        if not bool(qualifies.any()) and not use_aux:
+        if not bool(qualifies.any()):
             return zn.sum() * 0.0  # no positive pair anywhere: 0, still attached to the graph
         if self.reduction == LossReduction.SUM.value:
             anchor_weight = qualifies.to(zn.dtype)

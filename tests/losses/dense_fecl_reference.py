@@ -24,8 +24,6 @@ def dense_paper_fecl(
     hard_negatives: str = "denominator",
     top_k: int = 16,
     use_entropy: bool = True,
-    lambda_cross: float = 1.0,
-    threshold: float = 0.3,
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Paper FeCL (SPEC "FeCL" section) with dense ``(B, N, N)`` matrices.
@@ -35,8 +33,7 @@ def dense_paper_fecl(
         labels: ``(B, N)`` integer patch classes.
         teacher_embeddings: optional ``(B, N, D)`` teacher patch embeddings (no gradient).
         patch_entropy: optional ``(B, N)`` normalised entropies in ``[0, 1]``.
-        temperature, gamma, hard_negatives, top_k, use_entropy, lambda_cross: as in ``FeCLLoss``.
-        threshold: ``thr(epoch)`` of the auxiliary teacher term.
+        temperature, gamma, hard_negatives, top_k, use_entropy: as in ``FeCLLoss``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
     """
     z = F.normalize(embeddings, dim=2)
@@ -72,20 +69,8 @@ def dense_paper_fecl(
     n_pos = pos.sum(dim=2)
     per_anchor = (f_pos * pair_loss * pos).sum(dim=2) / n_pos.clamp_min(1)
 
-    teacher_mean = None
-    teacher_rows = None
-    if hard_negatives == "auxiliary" and zt is not None:
-        c = z @ zt.transpose(1, 2)
-        valid = neg & (c.detach() > threshold)
-        term = -torch.log((1.0 - c).clamp_min(0.0) + 1e-18)
-        term = torch.where(valid, term, torch.zeros_like(term))
-        count = valid.sum()
-        if count > 0:
-            teacher_rows = lambda_cross * term.sum(dim=2) / count
-            teacher_mean = lambda_cross * term.sum() / count
-
     if reduction == "none":
-        return per_anchor + teacher_rows if teacher_rows is not None else per_anchor
+        return per_anchor
     if reduction == "sum":
         total = per_anchor.sum()
     else:
@@ -95,4 +80,4 @@ def dense_paper_fecl(
             if qualifies[b].any():
                 sample_means.append(per_anchor[b][qualifies[b]].mean())
         total = torch.stack(sample_means).mean() if sample_means else z.sum() * 0.0
-    return total + teacher_mean if teacher_mean is not None else total
+    return total

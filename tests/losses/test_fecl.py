@@ -13,7 +13,6 @@ from dense_fecl_reference import dense_paper_fecl
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dycon_monai.losses import FeCLLoss, patch_entropy, patchify_embeddings, patchify_labels
-from dycon_monai.utils import fecl_reference_threshold
 
 
 def _inputs(b=3, n=48, d=8, fg=0.3, dtype=torch.float64, seed=0):
@@ -36,7 +35,7 @@ def _value_and_grad(fn, emb, grad_out_seed=0):
 
 CASES = list(
     itertools.product(
-        ["denominator", "auxiliary", "none"],  # hard-negative mode
+        ["denominator", "none"],  # hard-negative mode
         [False, True],  # teacher given
         [False, True],  # entropy given
         ["mean", "sum", "none"],  # reduction
@@ -47,7 +46,7 @@ CASES = list(
 # every combination at one chunk size that leaves a ragged last chunk, and the extremes of chunk size on a subset
 CHUNKED_CASES = [(*case, 7) for case in CASES] + [
     (mode, True, True, reduction, chunk)
-    for mode in ("denominator", "auxiliary")
+    for mode in ("denominator",)
     for reduction in ("mean", "none")
     for chunk in (1, 16, 48, 1000)
 ]
@@ -58,9 +57,7 @@ def test_chunked_matches_dense_value_and_gradient(mode, with_teacher, with_entro
     emb, labels, teacher, entropy = _inputs()
     teacher = teacher if with_teacher else None
     entropy = entropy if with_entropy else None
-    epoch = 700  # threshold between its extremes
     loss = FeCLLoss(hard_negatives=mode, chunk_size=chunk_size, top_k=5, reduction=reduction)
-    loss.epoch = epoch
 
     def dense(x):
         return dense_paper_fecl(
@@ -70,7 +67,6 @@ def test_chunked_matches_dense_value_and_gradient(mode, with_teacher, with_entro
             entropy,
             hard_negatives=mode,
             top_k=5,
-            threshold=fecl_reference_threshold(epoch, 1500),
             reduction=reduction,
         )
 
@@ -82,13 +78,13 @@ def test_chunked_matches_dense_value_and_gradient(mode, with_teacher, with_entro
     torch.testing.assert_close(got_grad, ref_grad, rtol=1e-7, atol=1e-12)
 
 
-@pytest.mark.parametrize("mode", ["denominator", "auxiliary"])
+@pytest.mark.parametrize("mode", ["denominator", "none"])
 def test_float32_matches_dense_at_larger_n(mode):
     emb, labels, teacher, entropy = _inputs(b=2, n=300, d=16, fg=0.1, dtype=torch.float32, seed=3)
     loss = FeCLLoss(hard_negatives=mode, chunk_size=64)
 
     def dense(x):
-        return dense_paper_fecl(x, labels, teacher, entropy, hard_negatives=mode, threshold=fecl_reference_threshold(0))
+        return dense_paper_fecl(x, labels, teacher, entropy, hard_negatives=mode)
 
     got, got_grad = _value_and_grad(lambda x: loss(x, labels, teacher, entropy), emb)
     ref, ref_grad = _value_and_grad(dense, emb)
@@ -109,7 +105,7 @@ def test_fewer_other_class_teacher_patches_than_top_k():
     torch.testing.assert_close(got_grad, ref_grad, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant, mode", [("paper", "denominator"), ("paper", "auxiliary"), ("reference", "none")])
+@pytest.mark.parametrize("variant, mode", [("paper", "denominator"), ("paper", "none"), ("reference", "none")])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_permuting_patches_leaves_the_loss_unchanged(variant, mode, reduction):
     emb, labels, teacher, entropy = _inputs(b=2, n=40)
@@ -202,7 +198,7 @@ def test_none_reduction_sums_to_sum_reduction_and_keeps_zero_rows():
     emb, labels, teacher, entropy = _inputs(b=2, n=20)
     labels[1] = 0
     labels[1, 3] = 1  # a lone foreground patch: no positive, row value 0
-    for mode in ("denominator", "auxiliary"):
+    for mode in ("denominator", "none"):
         per = FeCLLoss(hard_negatives=mode, reduction="none", chunk_size=6)(emb, labels, teacher, entropy)
         total = FeCLLoss(hard_negatives=mode, reduction="sum", chunk_size=6)(emb, labels, teacher, entropy)
         assert per.shape == (2, 20)
@@ -256,19 +252,10 @@ def test_teacher_and_entropy_receive_no_gradient():
     assert emb.grad is not None and teacher.grad is None and entropy.grad is None
 
 
-def test_epoch_attribute_moves_the_auxiliary_threshold():
-    emb, labels, teacher, _ = _inputs(b=2, n=30)
-    loss = FeCLLoss(hard_negatives="auxiliary", chunk_size=8, lambda_cross=1.0)
-    assert loss.epoch == 0
-    values = []
-    for epoch in (0, 1500):
-        loss.epoch = epoch
-        thr = fecl_reference_threshold(epoch, 1500)
-        ref = dense_paper_fecl(emb, labels, teacher, hard_negatives="auxiliary", threshold=thr)
-        got = loss(emb, labels, teacher)
-        assert got.item() == pytest.approx(ref.item(), rel=1e-10)
-        values.append(got.item())
-    assert values[0] != values[1]
+def test_released_teacher_term_is_not_a_paper_mode():
+    # the released code's teacher term lives in variant="reference" only
+    with pytest.raises(ValueError, match=r"hard_negatives must be one of \('denominator', 'none'\), got 'auxiliary'"):
+        FeCLLoss(hard_negatives="auxiliary")
 
 
 class _LargestTensor(TorchDispatchMode):
@@ -287,7 +274,7 @@ class _LargestTensor(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("variant, mode", [("paper", "denominator"), ("paper", "auxiliary"), ("reference", "none")])
+@pytest.mark.parametrize("variant, mode", [("paper", "denominator"), ("paper", "none"), ("reference", "none")])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_never_materialises_b_n_n(variant, mode, reduction):
     b, n, d, chunk = 2, 256, 8, 32

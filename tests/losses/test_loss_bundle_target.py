@@ -15,7 +15,7 @@ def test_losses_instantiate_from_bundle_config():
             "_target_": "dycon_monai.losses.FeCLLoss",
             "temperature": 0.6,
             "gamma": 0.8,
-            "hard_negatives": "auxiliary",
+            "hard_negatives": "none",
             "top_k": 8,
             "chunk_size": 128,
         },
@@ -26,7 +26,7 @@ def test_losses_instantiate_from_bundle_config():
     fecl = parser.get_parsed_content("fecl")
     fecl_ref = parser.get_parsed_content("fecl_ref")
     assert isinstance(uncl, UnCLLoss) and uncl.beta == 0.5 and uncl.distance == "kl" and uncl.reduction == "sum"
-    assert isinstance(fecl, FeCLLoss) and fecl.gamma == 0.8 and fecl.hard_negatives == "auxiliary"
+    assert isinstance(fecl, FeCLLoss) and fecl.gamma == 0.8 and fecl.hard_negatives == "none"
     assert fecl.top_k == 8 and fecl.chunk_size == 128 and fecl.epoch == 0
     assert isinstance(fecl_ref, FeCLLoss) and fecl_ref.variant == "reference"
     assert torch.isfinite(uncl(torch.randn(1, 2, 4, 4), torch.randn(1, 2, 4, 4)))
