@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .fecl import FeCLLoss, patch_entropy, patchify_embeddings, patchify_labels, pool_to_grid
+from .fecl import FeCLLoss
+from .patches import patch_entropy, patchify_embeddings, patchify_labels, pool_to_grid
 from .uncl import UnCLLoss, uncl_voxel_terms
 
 __all__ = [

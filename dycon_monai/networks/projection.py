@@ -9,7 +9,7 @@ from monai.networks.blocks import SimpleASPP
 from monai.networks.layers.factories import Conv
 from torch import nn
 
-from dycon_monai.losses.fecl import pool_to_grid
+from dycon_monai.losses.patches import pool_to_grid
 
 __all__ = ["ProjectionHead"]
 

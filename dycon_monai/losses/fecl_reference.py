@@ -1,0 +1,120 @@
+"""The released-code variant of FeCL (SPEC "reference" steps 1-5), for users who want to match those numbers."""
+
+from __future__ import annotations
+
+import torch
+from monai.utils import LossReduction
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["reference_fecl", "reference_rows"]
+
+_NEG_INF = float("-inf")
+
+
+def reference_rows(
+    zc: torch.Tensor,
+    zn: torch.Tensor,
+    ztn: torch.Tensor | None,
+    labels_c: torch.Tensor,
+    labels: torch.Tensor,
+    col_max: torch.Tensor,
+    pos_count_c: torch.Tensor,
+    i0: int,
+    tau: float,
+    gamma: float,
+    threshold: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SPEC reference steps 1-5 for anchors ``i0 .. i0 + n``: per-anchor ``l_i``, teacher-term sum and pair count."""
+    n = zc.shape[1]
+    rows = torch.arange(n, device=zc.device)
+    diag = torch.zeros(1, n, zn.shape[1], dtype=torch.bool, device=zc.device)
+    diag[0, rows, rows + i0] = True
+    same = labels_c.unsqueeze(2) == labels.unsqueeze(1)
+    neg = ~same
+    pos = same & ~diag
+    # step 1: A = z z^T / tau, diagonal set to 0, minus the (detached) column max
+    a = (torch.bmm(zc, zn.transpose(1, 2)) / tau).masked_fill(diag, 0.0) - col_max.unsqueeze(1)
+    # step 2
+    e = torch.exp(a)
+    neg_sum = (e * neg).sum(dim=2, keepdim=True)
+    p = e / (e + neg_sum + 1e-18)
+    l_mat = -torch.log(p + 1e-18)
+    # step 3: focal factor on same-class pairs, with gradient (base clamped so 0 ** (gamma - 1) never appears)
+    if gamma != 0:
+        base = torch.where(pos, 1.0 - p, torch.ones_like(p)).clamp_min(1e-12)
+        l_mat = l_mat * base.pow(gamma)
+    l_mat = torch.where(pos, l_mat, torch.zeros_like(l_mat))
+    # step 4 (per anchor; the mean over all B*N anchors is taken by the caller)
+    l_rows = l_mat.sum(dim=2) / (pos_count_c + 1e-18)
+    # step 5: teacher term pieces
+    if ztn is None:
+        zeros = l_rows.new_zeros(l_rows.shape)
+        return l_rows, zeros, zeros
+    c_st = torch.bmm(zc, ztn.transpose(1, 2))
+    valid = neg & (c_st.detach() > threshold)
+    term = -torch.log((1.0 - c_st).clamp_min(0.0) + 1e-18)
+    term = torch.where(valid, term, torch.zeros_like(term))
+    return l_rows, term.sum(dim=2), valid.sum(dim=2).to(l_rows.dtype)
+
+
+def reference_fecl(
+    zn: torch.Tensor,
+    ztn: torch.Tensor | None,
+    labels: torch.Tensor,
+    pos_count: torch.Tensor,
+    *,
+    temperature: float,
+    gamma: float,
+    threshold: float,
+    lambda_cross: float,
+    chunk_size: int,
+    reduction: str,
+) -> torch.Tensor:
+    """The released code's FeCL (SPEC reference steps 1-5) on normalised embeddings, one chunk of anchors at a time.
+
+    Each chunk runs under ``torch.utils.checkpoint`` when a gradient is needed (its focal factor carries gradient, so
+    the chunk is recomputed in the backward instead of kept).
+    """
+    bsz, n_all, _ = zn.shape
+    tau, chunk = temperature, chunk_size
+    # step 1's detached column maxima of A (diagonal set to 0), one chunk of rows at a time
+    with torch.no_grad():
+        col_max = zn.new_full((bsz, n_all), _NEG_INF)
+        for i0 in range(0, n_all, chunk):
+            i1 = min(n_all, i0 + chunk)
+            rows = torch.arange(i1 - i0, device=zn.device)
+            a = torch.bmm(zn[:, i0:i1], zn.transpose(1, 2)).div_(tau)
+            a[:, rows, rows + i0] = 0.0
+            col_max = torch.maximum(col_max, a.amax(dim=1))
+            del a
+    pieces = []
+    for i0 in range(0, n_all, chunk):
+        i1 = min(n_all, i0 + chunk)
+        args = (
+            zn[:, i0:i1],
+            zn,
+            ztn,
+            labels[:, i0:i1],
+            labels,
+            col_max,
+            pos_count[:, i0:i1].to(zn.dtype),
+            i0,
+            tau,
+            gamma,
+            threshold,
+        )
+        if torch.is_grad_enabled() and zn.requires_grad:
+            pieces.append(checkpoint(reference_rows, *args, use_reentrant=False))
+        else:
+            pieces.append(reference_rows(*args))
+    l_rows = torch.cat([p[0] for p in pieces], dim=1)
+    t_sum = torch.cat([p[1] for p in pieces], dim=1)
+    t_cnt = torch.cat([p[2] for p in pieces], dim=1)
+    count = t_cnt.sum()
+    scale = lambda_cross / count if (ztn is not None and float(count) > 0) else None
+    if reduction == LossReduction.NONE.value:
+        return l_rows + scale * t_sum if scale is not None else l_rows
+    total = l_rows.mean() if reduction == LossReduction.MEAN.value else l_rows.sum()
+    if scale is not None:
+        total = total + scale * t_sum.sum()
+    return total
