@@ -48,7 +48,7 @@ from typing import Any, Union
 import nibabel as nib
 import numpy as np
 
-from dycon_monai.utils.io import atomic_write_text
+from dycon_monai.utils.io import atomic_write_json
 
 __all__ = [
     "DataError",
@@ -672,7 +672,7 @@ def save_datalist(datalist: Mapping[str, Any], path: PathLike) -> Path:
     Returns:
         The path written.
     """
-    return atomic_write_text(path, json.dumps(datalist, indent=2) + "\n", fsync=True)
+    return atomic_write_json(path, datalist, fsync=True)
 
 
 def load_datalist(path: PathLike) -> dict[str, Any]:

@@ -61,7 +61,7 @@ from dycon_monai.data.synthetic_anatomy import _deform, _smooth_field, _spacing3
 from dycon_monai.data.synthetic_anatomy import _mni_maps_1mm as _mni_maps_1mm
 from dycon_monai.data.synthetic_anatomy import _Template as _Template
 from dycon_monai.data.synthetic_hard import PRESETS, hard_images
-from dycon_monai.data.synthetic_io import _case_paths, _write_json, _write_nifti, case_id, save_preview
+from dycon_monai.data.synthetic_io import _case_paths, _write_nifti, case_id, save_preview
 from dycon_monai.data.synthetic_lesions import (
     _CONNECTIVITY,
     REFERENCE_VOXEL_VOLUME_MM3,
@@ -76,6 +76,7 @@ from dycon_monai.data.synthetic_lesions import (
 from dycon_monai.data.synthetic_lesions import _SPLITS_DIR as _SPLITS_DIR
 from dycon_monai.data.synthetic_lesions import _grow_lesion as _grow_lesion
 from dycon_monai.data.synthetic_lesions import _plan_summary as _plan_summary
+from dycon_monai.utils.io import atomic_write_json
 
 # The private helpers imported ``as`` themselves lived here before the split and stay importable from this module.
 
@@ -307,11 +308,11 @@ def make_synthetic_cohort(
             summary = list(pool.map(_make_and_write, jobs))
     else:
         summary = [_make_and_write(j) for j in jobs]
-    _write_json(
+    atomic_write_json(
         root / "dataset_description.json",
         {"Name": "dycon_monai synthetic ISLES'22-like cohort", "BIDSVersion": "1.7.0", "DatasetType": "derived"},
     )
-    _write_json(
+    atomic_write_json(
         root / "synthetic_cohort.json",
         {"cases": int(cases), "seed": int(seed), "spacing": list(sp), "preset": preset, "case_facts": summary},
     )

@@ -13,7 +13,6 @@ session's ``dwi/`` folder).
 from __future__ import annotations
 
 import gzip
-import json
 import os
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import nibabel as nib
 import numpy as np
 
 from dycon_monai.data.synthetic_lesions import lesion_statistics
-from dycon_monai.utils.io import atomic_write_bytes, atomic_write_text
+from dycon_monai.utils.io import atomic_write_bytes
 
 
 def case_id(index: int) -> str:
@@ -48,10 +47,6 @@ def _case_paths(root: Path, cid: str) -> dict[str, Path]:
         "adc": root / "rawdata" / cid / ses / "dwi" / f"{cid}_{ses}_adc.nii.gz",
         "label": root / "derivatives" / cid / ses / f"{cid}_{ses}_msk.nii.gz",
     }
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 def save_preview(root: str | os.PathLike, out_png: str | os.PathLike, max_cases: int = 6) -> Path:

@@ -11,13 +11,14 @@ the demo run offline; it says nothing about accuracy on real data.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+from dycon_monai.utils.io import atomic_write_json
 
 __all__ = ["make_synthetic_la", "synthesize_la_case"]
 
@@ -98,9 +99,7 @@ def make_synthetic_la(
         image, label = synthesize_la_case(rng, shape)
         _write_case(root / cid / "mri_norm2.h5", image, label)
     split = {"train": ids[: cases - n_test], "test": ids[cases - n_test :]}
-    tmp = root / "split.json.tmp"
-    tmp.write_text(json.dumps(split, indent=2) + "\n")
-    os.replace(tmp, root / "split.json")
+    atomic_write_json(root / "split.json", split)
     return root
 
 

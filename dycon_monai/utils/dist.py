@@ -13,7 +13,6 @@ Everything here also works in a single process (world size 1).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -22,7 +21,7 @@ from typing import Any
 
 import torch
 
-from dycon_monai.utils.io import atomic_write_text
+from dycon_monai.utils.io import atomic_write_json
 
 __all__ = [
     "attach_gradient_sync",
@@ -90,7 +89,7 @@ def check_identical_across_ranks(
         result[name] = [str(g) for g in gathered]
     if rank == 0 and run_dir is not None:
         summary = {name: {"identical": len(set(h)) == 1, "ranks": len(h), "sha256": h} for name, h in result.items()}
-        atomic_write_text(Path(run_dir) / "distributed_check.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_json(Path(run_dir) / "distributed_check.json", summary)
     differing = [name for name, hashes in result.items() if len(set(hashes)) != 1]
     if differing:
         raise RuntimeError(f"Weights differ between ranks for: {', '.join(differing)} ({result}).")

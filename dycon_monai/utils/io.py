@@ -140,9 +140,9 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as strict JSON (NaN -> null), indented, atomically."""
-    return atomic_write_text(path, json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, fsync: bool = False) -> Path:
+    """Write ``obj`` as strict JSON (NaN -> null), indented, atomically (``fsync``: also flush it to disk)."""
+    return atomic_write_text(path, json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n", fsync=fsync)
 
 
 def atomic_write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:

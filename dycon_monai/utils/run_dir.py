@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from dycon_monai.utils.dist import broadcast_from_rank0, rank_and_world_size
-from dycon_monai.utils.io import atomic_copyfile, atomic_torch_save, atomic_write_text
+from dycon_monai.utils.io import atomic_copyfile, atomic_torch_save, atomic_write_json
 
 __all__ = [
     "RUN_INFO_FILENAME",
@@ -787,7 +787,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _write_json_atomic(path: Path, content: Any) -> None:
-    atomic_write_text(path, json.dumps(_jsonable(content), indent=2) + "\n")
+    atomic_write_json(path, _jsonable(content))
 
 
 def save_run_config(
