@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .flags import as_bool
 from .schedules import (
     BETA_SCHEDULES,
     LR_SCHEDULES,
@@ -16,6 +17,7 @@ from .schedules import (
 __all__ = [
     "BETA_SCHEDULES",
     "LR_SCHEDULES",
+    "as_bool",
     "beta_schedule",
     "fecl_reference_threshold",
     "geometric_beta",

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from dycon_monai.utils.dist import broadcast_from_rank0, rank_and_world_size
+from dycon_monai.utils.flags import as_bool
 from dycon_monai.utils.io import atomic_copyfile, atomic_torch_save, atomic_write_json
 
 __all__ = [
@@ -98,37 +99,6 @@ _ISLES22_LAYOUT = """\
 
 class DatasetNotFoundError(FileNotFoundError):
     """The dataset folder given to the bundle holds no readable ISLES'22-layout data."""
-
-
-def as_bool(value: Any, name: str = "value") -> bool:
-    """Interpret a command-line flag value as a boolean.
-
-    ``python -m monai.bundle run --overwrite true`` passes the string ``"true"``; ``--overwrite True`` and a bare
-    ``--overwrite`` pass ``True``. All of them mean the same here.
-
-    Args:
-        value: a bool, an int 0/1, or one of the strings true/false, yes/no, on/off, 1/0 (any case).
-        name: the option's name, used in the error message.
-
-    Returns:
-        The boolean value.
-
-    Raises:
-        ValueError: for any other value.
-    """
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("true", "yes", "on", "1"):
-            return True
-        if text in ("false", "no", "off", "0", "none", ""):
-            return False
-    if value is None:
-        return False
-    raise ValueError(f"{name} must be true or false, got {value!r}.")
 
 
 def _timestamped_name(prefix: str) -> str:
