@@ -5,7 +5,8 @@ also a worked example of them:
 
 1. ``make_synthetic_cohort`` writes a small ISLES'22-layout cohort (``<out>/data``; reused when it already holds the
    same cohort);
-2. ``python -m monai.bundle run --config_file "['.../train.json', '.../demo.json']" --dataset_dir <out>/data`` trains
+2. ``python -m monai.bundle run --config_file "['.../train.json', '.../demo.json']" --workflow_name
+   dycon_monai.bundle.DyconWorkflow --dataset_dir <out>/data`` trains
    (DyCON by default, ``--method supervised`` for the baseline) on CPU with a progress bar, into a new run folder
    ``<out>/<method>_<time>``;
 3. the same command with ``evaluate.json`` evaluates the best model on the held-out test cases, writing
@@ -27,6 +28,9 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from dycon_monai.bundle.workflow import WORKFLOW_NAME
+from dycon_monai.utils.run_record import read_run_record
 
 __all__ = ["BUNDLE_DIR", "format_metrics_table", "main", "prepare_cohort", "run_bundle"]
 
@@ -94,6 +98,8 @@ def run_bundle(config_names: Sequence[str], overrides: Sequence[str], bundle_dir
         "run",
         "--config_file",
         _config_list(config_names, bundle_dir),
+        "--workflow_name",
+        WORKFLOW_NAME,
         *overrides,
     ]
     shown = ["python", *cmd[1:4], *(f'"{c}"' if c.startswith("[") else c for c in cmd[4:])]
@@ -178,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[demo] could not draw the training curves: {type(err).__name__}: {err}")
         curves = None
 
-    info = json.loads((run_dir / "run_info.json").read_text())
+    info = read_run_record(run_dir)
     print()
     print(
         f"[demo] held-out synthetic test cases: {summary.get('n_cases')} | method {args.method} | "

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from dycon_monai.bundle.workflow import WORKFLOW_NAME
+
 __all__ = ["RunSpec", "build_grid", "evaluate_command", "format_value", "run_name", "train_command"]
 
 UPPER_BOUND_METHOD = "supervised"
@@ -112,7 +114,7 @@ def train_command(
     bundle_dir = Path(bundle_dir).absolute()
     return (
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", _config_files(bundle_dir, configs, False)]
-        + ["--bundle_root", str(bundle_dir)]
+        + ["--workflow_name", WORKFLOW_NAME, "--bundle_root", str(bundle_dir)]
         + _common(spec, dataset_dir, overrides or {})
         + ["--output_dir", str(Path(run_root).absolute() / spec.name), "--run_name", "train", "--overwrite", "True"]
     )
@@ -131,7 +133,7 @@ def evaluate_command(
     run = Path(run_root).absolute() / spec.name
     return (
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", _config_files(bundle_dir, configs, True)]
-        + ["--bundle_root", str(bundle_dir)]
+        + ["--workflow_name", WORKFLOW_NAME, "--bundle_root", str(bundle_dir)]
         + _common(spec, dataset_dir, overrides or {})
         + ["--model_path", str(run / "train" / "models" / "model.pt")]
         + ["--output_dir", str(run), "--run_name", "eval", "--overwrite", "True"]

@@ -23,7 +23,7 @@ import numpy as np
 from dycon_monai.utils.io import atomic_save_figure, atomic_write_csv, atomic_write_json, atomic_write_text
 
 from .grid import ALL
-from .runner import is_finished, read_run_record
+from .runner import is_finished, read_harness_record
 
 __all__ = [
     "RESULT_COLUMNS",
@@ -60,7 +60,7 @@ def collect_results(out: str | Path) -> list[dict[str, Any]]:
     for run_dir in sorted((Path(out) / "runs").glob("*")):
         if not run_dir.is_dir() or not is_finished(run_dir):
             continue
-        rec = read_run_record(run_dir)
+        rec = read_harness_record(run_dir)
         run, steps = rec["run"], rec.get("steps", {})
         with open(run_dir / "eval" / "metrics.csv", newline="") as f:
             for case in csv.DictReader(f):

@@ -17,13 +17,13 @@ from dycon_monai.utils.io import atomic_write_json
 
 from .grid import RunSpec, evaluate_command, train_command
 
-__all__ = ["RunResult", "is_finished", "read_run_record", "run_grid"]
+__all__ = ["RunResult", "is_finished", "read_harness_record", "run_grid"]
 
 CommandFn = Callable[[RunSpec, str], list[str]]
 RunResult = dict
 
 
-def read_run_record(run_dir: Path) -> dict[str, Any]:
+def read_harness_record(run_dir: Path) -> dict[str, Any]:
     import json
 
     path = run_dir / "harness_run.json"
@@ -37,7 +37,7 @@ def read_run_record(run_dir: Path) -> dict[str, Any]:
 
 def is_finished(run_dir: Path) -> bool:
     """Evaluation outputs present and the run recorded as done."""
-    rec = read_run_record(run_dir)
+    rec = read_harness_record(run_dir)
     return (
         rec.get("status") == "done"
         and (run_dir / "eval" / "metrics.csv").is_file()
@@ -70,7 +70,7 @@ def _step(cmd: list[str], log: Path, cwd: Path) -> tuple[int, float]:
 
 def _run_one(spec: RunSpec, run_dir: Path, commands: Mapping[str, list[str]], cwd: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
-    rec = read_run_record(run_dir)
+    rec = read_harness_record(run_dir)
     steps = dict(rec.get("steps", {})) if _trained(run_dir, rec) else {}
     rec = {"run": spec.as_dict(), "commands": dict(commands), "status": "running", "steps": steps}
     for step in ("train", "evaluate"):

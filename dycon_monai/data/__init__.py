@@ -11,6 +11,8 @@ from typing import Any
 
 __all__ = [
     "BinarizeLabeld",
+    "DatasetNotFoundError",
+    "check_dataset",
     "H5Reader",
     "la2018_datalist",
     "la_inference_transforms",
@@ -32,6 +34,8 @@ __all__ = [
 
 _WHERE = {
     "H5Reader": "h5",
+    "DatasetNotFoundError": "isles22_layout",
+    "check_dataset": "isles22_layout",
     "la2018_datalist": "la2018",
     "scan_la2018": "la2018",
     "la_train_transforms": "la_transforms",
@@ -42,8 +46,8 @@ _WHERE = {
     "isles22_datalist": "isles22",
     "save_datalist": "isles22",
     "load_datalist": "isles22",
-    "scan_isles22": "isles22",
-    "LABEL_MAPPINGS": "isles22",
+    "scan_isles22": "isles22_layout",
+    "LABEL_MAPPINGS": "isles22_files",
     "BinarizeLabeld": "transforms",
     "labeled_train_transforms": "transforms",
     "unlabeled_train_transforms": "transforms",

@@ -1,17 +1,7 @@
 """ISLES'22 in its released layout -> MONAI datalists with folds and a labeled / unlabeled split.
 
-Layout read (BIDS-like, as released by the challenge)::
-
-    ROOT/rawdata/sub-strokecaseXXXX/ses-0001/dwi/sub-strokecaseXXXX_ses-0001_dwi.nii.gz   (required)
-    ROOT/rawdata/sub-strokecaseXXXX/ses-0001/dwi/sub-strokecaseXXXX_ses-0001_adc.nii.gz   (optional)
-    ROOT/rawdata/sub-strokecaseXXXX/ses-0001/anat/sub-strokecaseXXXX_ses-0001_FLAIR.nii.gz (optional)
-    ROOT/derivatives/sub-strokecaseXXXX/ses-0001/sub-strokecaseXXXX_ses-0001_msk.nii.gz    (lesion mask)
-
-Non-image files (JSON sidecars, ``participants.tsv``, ``dataset_description.json`` ...) and hidden files are
-ignored; ``.nii`` is accepted as well as ``.nii.gz``. Anything else that looks like data but does not fit (a
-NIfTI with an unknown suffix or another case's name, a folder that is not a case, two files for one modality,
-a mask without a case) is an error naming the path, so that a half-copied or mixed-up dataset never trains
-silently.
+The folder layout and its scanner are in :mod:`dycon_monai.data.isles22_layout`, the file checks in
+:mod:`dycon_monai.data.isles22_files`.
 
 Splits (rules in docs/data.md):
 
@@ -38,16 +28,32 @@ import logging
 import math
 import os
 import re
-import struct
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
 import nibabel as nib
 import numpy as np
 
+from dycon_monai.data.isles22_files import (
+    LABEL_MAPPINGS,
+    LabelMapping,
+    _check_geometry,
+    _check_image_data,
+    _load_checked,
+    _read_mask,
+    _spatial_shape,
+    resolve_label_mapping,
+)
+from dycon_monai.data.isles22_layout import (
+    MODALITIES,
+    DataError,
+    MissingFileError,
+    ScannedCase,
+    case_paths,
+    scan_isles22,
+)
 from dycon_monai.utils.io import atomic_write_json
 
 __all__ = [
@@ -69,347 +75,7 @@ logger = logging.getLogger(__name__)
 
 _SPLITS_DIR = Path(__file__).resolve().parent / "splits"
 NUM_FOLDS = 3
-CASE_RE = re.compile(r"^sub-strokecase\d{4}$")
-SESSION_RE = re.compile(r"^ses-[A-Za-z0-9]+$")
-
-#: modality name -> (sub-folder of the session, file suffix)
-MODALITIES: dict[str, tuple[str, str]] = {"dwi": ("dwi", "dwi"), "adc": ("dwi", "adc"), "flair": ("anat", "FLAIR")}
-_MASK_SUFFIX = "msk"
-
-#: Named label mappings (source value -> 0/1). ``None`` / ``"binary"``: the mask must already be {0, 1}.
-LABEL_MAPPINGS: dict[str, dict[int, int]] = {
-    "binary": {0: 0, 1: 1},
-    "brats_whole_tumor": {0: 0, 1: 1, 2: 1, 4: 1},
-    "brats_tumor_core": {0: 0, 1: 1, 2: 0, 4: 1},
-    "brats_enhancing_tumor": {0: 0, 1: 0, 2: 0, 4: 1},
-    "nonzero": {},  # special: every non-zero value -> 1
-}
-
-LabelMapping = Union[str, Mapping[int, int], None]
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-class DataError(ValueError):
-    """A dataset problem: the message names the case, the file and what was expected."""
-
-    def __init__(self, message: str, case_id: str | None = None, path: PathLike | None = None):
-        super().__init__(message)
-        self.case_id = case_id
-        self.path = None if path is None else str(path)
-
-
-class MissingFileError(DataError, FileNotFoundError):
-    """A file the datalist needs (an image, or the mask of a case that must be labeled) is absent."""
-
-
-@dataclass
-class ScannedCase:
-    """Files of one case found under an ISLES'22 root.
-
-    Attributes:
-        case_id: ``sub-strokecaseXXXX``.
-        session: session folder name (``ses-0001``).
-        images: modality -> path, for every modality found.
-        label: path of the lesion mask, or ``None`` when the case has none.
-    """
-
-    case_id: str
-    session: str
-    images: dict[str, Path] = field(default_factory=dict)
-    label: Path | None = None
-
-
-def _is_nifti(name: str) -> bool:
-    return name.endswith(".nii") or name.endswith(".nii.gz")
-
-
-def _stem(name: str) -> str:
-    return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name[: -len(".nii")]
-
-
-def _ignored(name: str) -> bool:
-    return name.startswith(".")
-
-
-def _expected_name(cid: str, ses: str, suffix: str) -> str:
-    return f"{cid}_{ses}_{suffix}.nii.gz"
-
-
-def scan_isles22(root: PathLike) -> dict[str, ScannedCase]:
-    """Find every case and file under an ISLES'22 root, checking the layout (not the file contents).
-
-    Args:
-        root: the folder holding ``rawdata/`` (and ``derivatives/`` for the masks).
-
-    Returns:
-        case id -> :class:`ScannedCase`, sorted by case id.
-
-    Raises:
-        MissingFileError: no ``rawdata/`` folder, no case, or a case without a session folder.
-        DataError: a stray or duplicate file or folder (the message names it and what was expected).
-    """
-    root = Path(root)
-    raw = root / "rawdata"
-    if not raw.is_dir():
-        raise MissingFileError(
-            f"{root} is not an ISLES'22 root: no 'rawdata' folder. Expected "
-            "ROOT/rawdata/sub-strokecaseXXXX/ses-0001/dwi/sub-strokecaseXXXX_ses-0001_dwi.nii.gz and "
-            "ROOT/derivatives/sub-strokecaseXXXX/ses-0001/sub-strokecaseXXXX_ses-0001_msk.nii.gz "
-            "(make a synthetic one with: python -m dycon_monai.data.synthetic --out DIR)",
-            path=raw,
-        )
-    cases: dict[str, ScannedCase] = {}
-    for entry in sorted(raw.iterdir()):
-        if _ignored(entry.name):
-            continue
-        if entry.is_dir():
-            if not CASE_RE.match(entry.name):
-                raise DataError(
-                    f"stray folder {entry}: every folder in rawdata/ must be a case named sub-strokecaseXXXX "
-                    "(4 digits); move or rename it",
-                    path=entry,
-                )
-            cases[entry.name] = _scan_raw_case(entry)
-        elif _is_nifti(entry.name):
-            raise DataError(
-                f"stray image {entry}: images belong in rawdata/<case>/<session>/dwi/ or anat/, not in rawdata/",
-                path=entry,
-            )
-    if not cases:
-        raise MissingFileError(f"no case folders (sub-strokecaseXXXX) in {raw}", path=raw)
-
-    der = root / "derivatives"
-    if der.is_dir():
-        for entry in sorted(der.iterdir()):
-            if _ignored(entry.name):
-                continue
-            if entry.is_dir() and CASE_RE.match(entry.name):
-                if entry.name not in cases:
-                    raise DataError(
-                        f"stray mask folder {entry}: case {entry.name} has no images in {raw}",
-                        case_id=entry.name,
-                        path=entry,
-                    )
-                _scan_mask_case(entry, cases[entry.name])
-            elif entry.is_dir() or _is_nifti(entry.name):
-                raise DataError(
-                    f"stray entry {entry}: derivatives/ must only hold case folders "
-                    "sub-strokecaseXXXX/<session>/sub-strokecaseXXXX_<session>_msk.nii.gz",
-                    path=entry,
-                )
-    return cases
-
-
-def _single_session(case_dir: Path, cid: str) -> Path:
-    sessions = [p for p in sorted(case_dir.iterdir()) if not _ignored(p.name) and p.is_dir()]
-    bad = [p for p in sessions if not SESSION_RE.match(p.name)]
-    if bad:
-        raise DataError(f"stray folder {bad[0]} in case {cid}: expected a session folder ses-XXXX", cid, bad[0])
-    if not sessions:
-        raise MissingFileError(f"case {cid} has no session folder (expected {case_dir}/ses-0001/)", cid, case_dir)
-    if len(sessions) > 1:
-        raise DataError(
-            f"case {cid} has {len(sessions)} sessions ({', '.join(p.name for p in sessions)}) in {case_dir}; "
-            "expected one (ISLES'22 has ses-0001 only)",
-            cid,
-            case_dir,
-        )
-    stray = [p for p in sorted(case_dir.iterdir()) if p.is_file() and _is_nifti(p.name)]
-    if stray:
-        raise DataError(f"stray image {stray[0]} in case {cid}: images belong in the session folder", cid, stray[0])
-    return sessions[0]
-
-
-def _scan_raw_case(case_dir: Path) -> ScannedCase:
-    cid = case_dir.name
-    ses_dir = _single_session(case_dir, cid)
-    ses = ses_dir.name
-    case = ScannedCase(case_id=cid, session=ses)
-    by_suffix = {suffix: (mod, folder) for mod, (folder, suffix) in MODALITIES.items()}
-    for path in sorted(ses_dir.rglob("*")):
-        if not path.is_file() or not _is_nifti(path.name) or any(_ignored(p) for p in path.relative_to(ses_dir).parts):
-            continue
-        stem = _stem(path.name)
-        prefix = f"{cid}_{ses}_"
-        suffix = stem[len(prefix) :] if stem.startswith(prefix) else None
-        if suffix not in by_suffix:
-            expected = ", ".join(_expected_name(cid, ses, s) for s in by_suffix)
-            raise DataError(f"stray image {path} in case {cid}: expected one of {expected}", cid, path)
-        mod, folder = by_suffix[suffix]
-        if path.parent != ses_dir / folder:
-            raise DataError(
-                f"image {path} of case {cid} is in the wrong folder: expected {ses_dir / folder}/", cid, path
-            )
-        if mod in case.images:
-            raise DataError(
-                f"duplicate {mod} images for case {cid}: {case.images[mod]} and {path}; keep exactly one", cid, path
-            )
-        case.images[mod] = path
-    return case
-
-
-def _scan_mask_case(case_dir: Path, case: ScannedCase) -> None:
-    cid = case.case_id
-    ses_dir = _single_session(case_dir, cid)
-    if ses_dir.name != case.session:
-        raise DataError(
-            f"mask session {ses_dir} of case {cid} does not match its image session {case.session}", cid, ses_dir
-        )
-    expected = _expected_name(cid, case.session, _MASK_SUFFIX)
-    for path in sorted(ses_dir.rglob("*")):
-        if not path.is_file() or not _is_nifti(path.name) or any(_ignored(p) for p in path.relative_to(ses_dir).parts):
-            continue
-        if _stem(path.name) != f"{cid}_{case.session}_{_MASK_SUFFIX}" or path.parent != ses_dir:
-            raise DataError(
-                f"stray image {path} in the masks of case {cid}: expected only {ses_dir / expected}", cid, path
-            )
-        if case.label is not None:
-            raise DataError(f"duplicate masks for case {cid}: {case.label} and {path}; keep exactly one", cid, path)
-        case.label = path
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# file checks
-
-
-def _load_checked(path: Path, cid: str, what: str) -> nib.Nifti1Image:
-    """Parse a NIfTI header and check that the file holds all its voxel data (truncation), cheaply."""
-    try:
-        img = nib.load(str(path))
-    except Exception as e:  # nibabel raises many types for a bad file
-        raise DataError(f"unreadable {what} of case {cid}: {path}: {type(e).__name__}: {e}", cid, path) from e
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise DataError(f"{what} of case {cid} is not a NIfTI image: {path}", cid, path)
-    hdr = img.header
-    offset = int(getattr(img.dataobj, "offset", hdr.get_data_offset()))
-    expected = offset + int(np.prod(img.shape)) * hdr.get_data_dtype().itemsize
-    try:
-        if path.name.endswith(".gz"):
-            with open(path, "rb") as f:
-                f.seek(-4, os.SEEK_END)
-                isize = struct.unpack("<I", f.read(4))[0]  # uncompressed size mod 2^32 (gzip trailer)
-            if isize != expected % (1 << 32):
-                # multi-member gzip files keep only the last member's size: decompress to be sure
-                np.asarray(img.dataobj)
-        elif path.stat().st_size < expected:
-            raise EOFError(f"file has {path.stat().st_size} bytes, the header needs {expected}")
-    except Exception as e:
-        raise DataError(
-            f"unreadable {what} of case {cid}: {path} is truncated or corrupt ({type(e).__name__}: {e}); "
-            "copy or download it again",
-            cid,
-            path,
-        ) from e
-    return img
-
-
-def _check_image_data(img: nib.Nifti1Image, path: Path, cid: str, what: str, split_name: str) -> None:
-    """Decompress an image (``check_data=True``): unreadable or non-finite voxels are errors, all-zero a warning."""
-    try:
-        data = np.asarray(img.dataobj)
-    except Exception as e:
-        raise DataError(f"unreadable {what} of case {cid}: {path}: {type(e).__name__}: {e}", cid, path) from e
-    # imported here: the checks module brings MONAI (its transform), which the datalist CLI does not need otherwise
-    from dycon_monai.data.checks import NonFiniteDataError, check_finite, warn_if_all_zero
-
-    where = f"{what} image of case {cid} ({split_name} set): {path}"
-    try:
-        check_finite(data, where)
-    except NonFiniteDataError as e:
-        raise DataError(str(e), cid, path) from e
-    warn_if_all_zero(data, where, stacklevel=3)  # points at the caller of isles22_datalist
-
-
-def _spatial_shape(img: nib.Nifti1Image, path: Path, cid: str, what: str) -> tuple[int, ...]:
-    shape = tuple(int(s) for s in img.shape)
-    while len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
-    if len(shape) != 3:
-        raise DataError(f"{what} of case {cid} has shape {img.shape} in {path}; expected a 3D volume", cid, path)
-    return shape
-
-
-def _check_geometry(
-    ref: tuple[Path, nib.Nifti1Image], other: tuple[Path, nib.Nifti1Image], cid: str, what: str, atol: float
-) -> None:
-    (rp, ri), (op, oi) = ref, other
-    rs, os_ = _spatial_shape(ri, rp, cid, "DWI"), _spatial_shape(oi, op, cid, what)
-    if rs != os_:
-        raise DataError(
-            f"{what} of case {cid} has shape {os_} ({op}) but the DWI has {rs} ({rp}); expected the same grid"
-            + (" - ISLES'22 FLAIR is not in DWI space: register it to the DWI first" if what == "flair" else ""),
-            cid,
-            op,
-        )
-    diff = float(np.max(np.abs(np.asarray(ri.affine) - np.asarray(oi.affine))))
-    if diff > atol:
-        raise DataError(
-            f"{what} of case {cid} ({op}) has an affine that differs from the DWI's ({rp}) by {diff:.4g} "
-            f"(max absolute difference > tolerance {atol}); expected the same geometry.\n"
-            f"{what} affine:\n{np.round(oi.affine, 4)}\nDWI affine:\n{np.round(ri.affine, 4)}",
-            cid,
-            op,
-        )
-
-
-def resolve_label_mapping(label_mapping: LabelMapping) -> dict[int, int] | None:
-    """Turn a mapping name or dict into ``{source value: 0/1}``; ``None``/"binary" -> ``None`` (no mapping).
-
-    ``"nonzero"`` returns an empty dict, meaning "every non-zero value is lesion".
-    """
-    if label_mapping is None or label_mapping == "binary":
-        return None
-    if isinstance(label_mapping, str):
-        if label_mapping not in LABEL_MAPPINGS:
-            raise ValueError(
-                f"unknown label_mapping {label_mapping!r}; expected one of {sorted(LABEL_MAPPINGS)} or a dict"
-            )
-        return dict(LABEL_MAPPINGS[label_mapping])
-    out = {}
-    for k, v in dict(label_mapping).items():
-        kv, vv = float(k), int(v)
-        if not kv.is_integer() or vv not in (0, 1):
-            raise ValueError(f"label_mapping must map integer label values to 0 or 1; got {k!r}: {v!r}")
-        out[int(kv)] = vv
-    return out
-
-
-def check_label_values(values: np.ndarray, mapping: dict[int, int] | None, where: str) -> None:
-    """Raise a ValueError naming ``where`` if label ``values`` are not allowed (see :func:`resolve_label_mapping`)."""
-    values = np.unique(np.asarray(values))
-    if mapping is not None and len(mapping) == 0:  # "nonzero"
-        return
-    allowed = {0, 1} if mapping is None else set(mapping)
-    bad = [v for v in values.tolist() if not float(v).is_integer() or int(v) not in allowed]
-    if bad:
-        shown = ", ".join(f"{v:g}" for v in values[:12].tolist()) + (" ..." if len(values) > 12 else "")
-        if mapping is None:
-            hint = (
-                "; expected {0, 1}. For another label set pass label_mapping (e.g. 'brats_whole_tumor' for "
-                "{1, 2, 4} -> 1, 'nonzero', or a dict {value: 0/1})"
-            )
-        else:
-            hint = f"; label_mapping covers only {sorted(allowed)}"
-        raise ValueError(f"{where} has label values [{shown}]{hint}")
-
-
-def _read_mask(path: Path, cid: str, mapping: dict[int, int] | None) -> np.ndarray:
-    img = _load_checked(path, cid, "mask")
-    try:
-        data = np.asarray(img.dataobj)
-    except Exception as e:
-        raise DataError(f"unreadable mask of case {cid}: {path}: {type(e).__name__}: {e}", cid, path) from e
-    try:
-        check_label_values(data, mapping, f"mask of case {cid} ({path})")
-    except ValueError as e:
-        raise DataError(str(e), cid, path) from e
-    if mapping is None:
-        return data > 0
-    if len(mapping) == 0:
-        return data != 0
-    lut_keys = np.array(sorted(mapping))
-    fg = [k for k in lut_keys if mapping[int(k)] == 1]
-    return np.isin(data, fg)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -579,8 +245,7 @@ def isles22_datalist(
         case = cases[cid]
         for mod in ("dwi", *mods):
             if mod not in case.images:
-                folder, suffix = MODALITIES[mod]
-                expected = root / "rawdata" / cid / case.session / folder / _expected_name(cid, case.session, suffix)
+                expected = case_paths(root, cid, case.session)[mod]
                 raise MissingFileError(f"case {cid} has no {mod} image: expected {expected}", cid, expected)
         imgs = {mod: _load_checked(case.images[mod], cid, mod) for mod in dict.fromkeys(("dwi", *mods))}
         ref = (case.images["dwi"], imgs["dwi"])
@@ -597,7 +262,7 @@ def isles22_datalist(
         """Read and check a mask that the datalist will expose; returns lesion_free."""
         case = cases[cid]
         if case.label is None:
-            expected = root / "derivatives" / cid / case.session / _expected_name(cid, case.session, _MASK_SUFFIX)
+            expected = case_paths(root, cid, case.session)["label"]
             raise MissingFileError(f"case {cid} must be labeled but has no mask: expected {expected}", cid, expected)
         _check_geometry(
             (case.images["dwi"], headers[cid]["dwi"]),

@@ -24,7 +24,8 @@ from typing import Any, Union
 
 import numpy as np
 
-from .isles22 import DataError, MissingFileError, check_label_values
+from .isles22_files import check_label_values
+from .isles22_layout import DataError, MissingFileError
 
 __all__ = [
     "LA_FILES",

@@ -55,13 +55,14 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from dycon_monai.data.isles22_layout import case_id
 from dycon_monai.data.synthetic_anatomy import _MARGIN_MM as _MARGIN_MM
 from dycon_monai.data.synthetic_anatomy import _bspline_basis as _bspline_basis
 from dycon_monai.data.synthetic_anatomy import _deform, _smooth_field, _spacing3, _template
 from dycon_monai.data.synthetic_anatomy import _mni_maps_1mm as _mni_maps_1mm
 from dycon_monai.data.synthetic_anatomy import _Template as _Template
 from dycon_monai.data.synthetic_hard import PRESETS, hard_images
-from dycon_monai.data.synthetic_io import _case_paths, _write_nifti, case_id, save_preview
+from dycon_monai.data.synthetic_io import _case_paths, _write_nifti, save_preview
 from dycon_monai.data.synthetic_lesions import (
     _CONNECTIVITY,
     REFERENCE_VOXEL_VOLUME_MM3,

@@ -6,8 +6,8 @@
     rawdata/sub-strokecaseXXXX/ses-0001/dwi/sub-strokecaseXXXX_ses-0001_adc.nii.gz   float32
     derivatives/sub-strokecaseXXXX/ses-0001/sub-strokecaseXXXX_ses-0001_msk.nii.gz   uint8 {0, 1}
 
-These are the names :data:`dycon_monai.data.isles22.MODALITIES` scans for (``dwi`` and ``adc`` both live in the
-session's ``dwi/`` folder).
+The paths come from :func:`dycon_monai.data.isles22_layout.case_paths`, the owner of the ISLES'22 layout (``dwi``
+and ``adc`` both live in the session's ``dwi/`` folder).
 """
 
 from __future__ import annotations
@@ -19,13 +19,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from dycon_monai.data.isles22_layout import case_paths
 from dycon_monai.data.synthetic_lesions import lesion_statistics
 from dycon_monai.utils.io import atomic_write_bytes
-
-
-def case_id(index: int) -> str:
-    """ISLES'22 case id for a 1-based index, e.g. ``sub-strokecase0007``."""
-    return f"sub-strokecase{index:04d}"
 
 
 def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, compresslevel: int = 1) -> None:
@@ -41,12 +37,9 @@ def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, compressleve
 
 
 def _case_paths(root: Path, cid: str) -> dict[str, Path]:
-    ses = "ses-0001"
-    return {
-        "dwi": root / "rawdata" / cid / ses / "dwi" / f"{cid}_{ses}_dwi.nii.gz",
-        "adc": root / "rawdata" / cid / ses / "dwi" / f"{cid}_{ses}_adc.nii.gz",
-        "label": root / "derivatives" / cid / ses / f"{cid}_{ses}_msk.nii.gz",
-    }
+    """The files the synthetic cohort writes for one case: DWI, ADC and the mask."""
+    paths = case_paths(root, cid)
+    return {key: paths[key] for key in ("dwi", "adc", "label")}
 
 
 def save_preview(root: str | os.PathLike, out_png: str | os.PathLike, max_cases: int = 6) -> Path:

@@ -46,7 +46,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from .isles22 import LabelMapping, check_label_values, resolve_label_mapping
+from .isles22_files import LabelMapping, check_label_values, resolve_label_mapping
 
 __all__ = [
     "BinarizeLabeld",

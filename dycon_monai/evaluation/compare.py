@@ -23,6 +23,7 @@ from typing import Any
 from dycon_monai.evaluation._io import read_metrics_csv
 from dycon_monai.evaluation.strata import DISTRIBUTION_STRATA, SIZE_STRATA, summarize_cases
 from dycon_monai.utils.io import atomic_save_figure, atomic_write_text
+from dycon_monai.utils.run_record import read_run_record
 
 __all__ = [
     "PAPER_RESULTS",
@@ -64,7 +65,6 @@ METHOD_ALIASES: dict[str, str] = {
     "bcp": "bcp",
 }
 _DATASET_ALIASES = {"isles": "isles22", "isles22": "isles22", "isles_22": "isles22", "isles2022": "isles22"}
-_META_FILES = ("run_info.json", "config.json")
 
 
 class RunResult(dict):
@@ -112,10 +112,7 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
             raise FileNotFoundError(f"{run_dir}: neither summary.json (with 'metrics') nor metrics.csv found.")
         run_part = (summary or {}).get("run", {})
         summary = summarize_cases(read_metrics_csv(csv_path), run_info=run_part)
-    meta: dict[str, Any] = {}
-    for name in reversed(_META_FILES):  # run_info.json overrides config.json
-        if (run_dir / name).is_file():
-            meta.update({k: v for k, v in _read_json(run_dir / name).items() if not isinstance(v, (dict, list))})
+    meta: dict[str, Any] = read_run_record(run_dir, scalars_only=True)  # run_info.json over config.json
     meta.update(summary.get("run") or {})  # summary.json["run"] overrides both
     return RunResult(
         dir=str(run_dir),

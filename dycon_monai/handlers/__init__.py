@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from .checkpoint import AtomicCheckpointSaver, atomic_torch_save, checkpoint_dict, checkpoint_loader, latest_checkpoint
+from .checkpoint import (
+    AtomicCheckpointSaver,
+    TrainingCheckpointHandler,
+    atomic_torch_save,
+    checkpoint_dict,
+    checkpoint_loader,
+    latest_checkpoint,
+)
 from .ema import EMATeacherHandler, ema_decay_at, ema_update_
 from .gradients import GradientNormHandler, StepEvents, gradient_norm
 from .metrics_writer import CaseMetricsWriter
 from .nonfinite import NonFiniteHandler, NonFiniteLossError
+from .progress import IterationLimitHandler, LossProgressBar
 from .schedule import BetaScheduleHandler, FeCLEpochHandler, ScheduleHandler
 
 __all__ = [
@@ -16,10 +24,13 @@ __all__ = [
     "EMATeacherHandler",
     "FeCLEpochHandler",
     "GradientNormHandler",
+    "IterationLimitHandler",
+    "LossProgressBar",
     "NonFiniteHandler",
     "NonFiniteLossError",
     "ScheduleHandler",
     "StepEvents",
+    "TrainingCheckpointHandler",
     "atomic_torch_save",
     "checkpoint_dict",
     "checkpoint_loader",

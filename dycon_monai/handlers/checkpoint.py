@@ -29,6 +29,7 @@ from dycon_monai.utils.io import TMP_PREFIX, atomic_torch_save
 
 __all__ = [
     "AtomicCheckpointSaver",
+    "TrainingCheckpointHandler",
     "atomic_torch_save",
     "checkpoint_dict",
     "checkpoint_loader",
@@ -309,3 +310,54 @@ class AtomicCheckpointSaver:
         self.best_metric = value
         self.best_step = int(engine.state.iteration)
         self.logger.info(f"new best {name}={value:.4f}: {path}")
+
+
+class TrainingCheckpointHandler:
+    """Save a Mean-Teacher training run's checkpoints and, optionally, resume it first: one entry of ``train_handlers``.
+
+    On ``attach(trainer)`` it builds :func:`checkpoint_dict` from the trainer it is attached to (so the config needs
+    no reference back to the trainer), attaches an :class:`AtomicCheckpointSaver` with it and, when
+    ``resume_from`` is given, a MONAI :class:`~monai.handlers.CheckpointLoader` (:func:`checkpoint_loader`) that
+    restores everything at ``Events.STARTED``.
+
+    Args:
+        save_dir: checkpoint folder (``<run_dir>/models``).
+        save_interval: every how many iterations to save (0 = only the final checkpoint).
+        n_saved: interval checkpoints to keep.
+        lr_scheduler: saved and restored with the rest.
+        best_saver: the evaluator's best-model :class:`AtomicCheckpointSaver` (its best metric is saved, so a
+            resumed run does not replace a better model with a worse one).
+        resume_from: a checkpoint file or a run's ``models`` folder to resume from; ``None`` starts afresh.
+        save: false to only resume (ranks other than 0 in a multi-process run).
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        save_interval: int = 0,
+        n_saved: int | None = 2,
+        lr_scheduler: Any = None,
+        best_saver: AtomicCheckpointSaver | None = None,
+        resume_from: str | os.PathLike | None = None,
+        save: bool = True,
+    ) -> None:
+        self.save_dir = save_dir
+        self.save_interval = int(save_interval)
+        self.n_saved = n_saved
+        self.lr_scheduler = lr_scheduler
+        self.extra = {} if best_saver is None else {"best_saver": best_saver}
+        self.resume_from = resume_from or None
+        self.save = bool(save)
+
+    def attach(self, engine: Engine) -> None:
+        """Attach the saver (and the loader) to the trainer ``engine``."""
+        if self.save:
+            AtomicCheckpointSaver(
+                save_dir=self.save_dir,
+                save_dict=checkpoint_dict(engine, self.lr_scheduler, **self.extra),
+                save_interval=self.save_interval,
+                n_saved=self.n_saved,
+                save_final=True,
+            ).attach(engine)
+        if self.resume_from is not None:
+            checkpoint_loader(self.resume_from, engine, self.lr_scheduler, **self.extra).attach(engine)

@@ -24,6 +24,7 @@ import torch
 from dycon_monai.utils.io import atomic_write_json
 
 __all__ = [
+    "GradientSyncHandler",
     "attach_gradient_sync",
     "broadcast_from_rank0",
     "check_identical_across_ranks",
@@ -171,3 +172,11 @@ def attach_gradient_sync(trainer: Any) -> Any:
     trainer.add_event_handler(IterationEvents.BACKWARD_COMPLETED, sync)
     logger.info("Gradients averaged over %d ranks after every backward pass", world)
     return trainer
+
+
+class GradientSyncHandler:
+    """:func:`attach_gradient_sync` as one entry of a trainer's ``train_handlers`` (``multi_gpu_train.json``)."""
+
+    def attach(self, engine: Any) -> None:
+        """Broadcast rank 0's weights now and average the gradients after every backward pass of ``engine``."""
+        attach_gradient_sync(engine)

@@ -8,7 +8,7 @@ TINY = {
     "dataset_name": "synthetic",
     "labeled_fraction": 0.25,
     "max_iterations": 2,
-    "val_interval": 2,
+    "epoch_iterations": 2,
     "batch_size": 2,
     "patch_size": [32, 32, 32],
     "pixdim": [6.0, 6.0, 6.0],

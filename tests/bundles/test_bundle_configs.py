@@ -11,6 +11,8 @@ from monai.bundle import ConfigParser
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import Compose, Invertd, LoadImaged, SaveImaged
 
+from dycon_monai.bundle import DyconWorkflow
+
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "dycon_isles"
 CONFIGS = BUNDLE / "configs"
 
@@ -67,9 +69,9 @@ def test_metadata_fields():
         ("inference.json", "demo.json"),
     ],
 )
-def test_configs_parse(names, monkeypatch):
-    monkeypatch.chdir(BUNDLE.parent.parent)  # bundle_root falls back to bundles/dycon_isles under the working dir
-    parser = _parser(*names)
+def test_configs_parse(names, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # DyconWorkflow takes bundle_root "." relative to the bundle, not the working dir
+    parser = DyconWorkflow(config_file=[str(CONFIGS / n) for n in names], logging_file=False).parser
     parser.parse()
     for key in ("bundle_root", "device", "network_def", "initialize", "run"):
         assert key in parser, key
@@ -161,3 +163,23 @@ def test_demo_overrides_only_top_level_and_network():
     train = _parser("train.json")
     for key in demo:
         assert key in train, f"demo.json sets {key!r}, which train.json does not define"
+
+
+@pytest.mark.parametrize(
+    "bundle, name",
+    [(b, n) for b in ("dycon_isles", "dycon_la") for n in ("train.json", "evaluate.json", "inference.json")],
+)
+def test_initialize_is_short_and_every_config_names_the_workflow(bundle, name):
+    config = json.loads((BUNDLE.parent / bundle / "configs" / name).read_text())
+    assert len(config["initialize"]) <= 3
+    assert config["initialize"][0] == "$dycon_monai.bundle.require_workflow(@workflow_class)"
+    assert "finalize" not in config  # DyconWorkflow publishes the model and closes the log
+
+
+def test_unlabeled_stream_is_explicit_and_multi_gpu_only_adds_distributed_lines():
+    train = json.loads((CONFIGS / "train.json").read_text())
+    assert train["train"]["unlabeled_dataset"]["data"] == "$@datalist['training_unlabeled']"
+    multi = json.loads((CONFIGS / "multi_gpu_train.json").read_text())
+    added = [line for line in multi["initialize"] if line not in train["initialize"]]
+    assert [line for line in multi["initialize"] if line in train["initialize"]] == train["initialize"]
+    assert all("dist." in line or "torch.cuda" in line for line in added), added

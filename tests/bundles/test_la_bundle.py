@@ -16,6 +16,8 @@ import torch
 from bundle_overrides import LA_TINY
 from monai.bundle import ConfigParser
 
+from dycon_monai.bundle import WORKFLOW_NAME, DyconWorkflow
+
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "dycon_la"
 CONFIGS = BUNDLE / "configs"
@@ -23,7 +25,8 @@ CONFIGS = BUNDLE / "configs"
 
 def _cmd(command: str, configs: list, *args: str) -> list[str]:
     files = [str(c if Path(c).is_absolute() else CONFIGS / c) for c in configs]
-    return [sys.executable, "-m", "monai.bundle", command, "--config_file", repr(files), *args]
+    workflow = ["--workflow_name", WORKFLOW_NAME] if command == "run" else []
+    return [sys.executable, "-m", "monai.bundle", command, "--config_file", repr(files), *workflow, *args]
 
 
 def _run(cmd: list[str], expect_ok: bool = True) -> subprocess.CompletedProcess:
@@ -67,11 +70,9 @@ def la_run(synthetic_la, tiny_json, tmp_path_factory) -> Path:
         ("inference.json", "cpu_quick.json"),
     ],
 )
-def test_la_configs_parse(names, monkeypatch):
-    monkeypatch.chdir(REPO)
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / n) for n in names])
-    parser.read_meta(str(CONFIGS / "metadata.json"))
+def test_la_configs_parse(names, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # bundle_root "." is the bundle folder, whatever the working directory
+    parser = DyconWorkflow(config_file=[str(CONFIGS / n) for n in names], logging_file=False).parser
     parser.parse()
     assert Path(parser.get_parsed_content("bundle_root")) == BUNDLE
     for key in ("device", "network_def", "initialize", "run"):

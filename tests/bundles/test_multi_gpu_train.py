@@ -38,6 +38,8 @@ def test_torchrun_two_processes_keep_identical_teacher(synthetic_cohort, tmp_pat
         "run",
         "--config_file",
         configs,
+        "--workflow_name",
+        "dycon_monai.bundle.DyconWorkflow",
         "--dataset_dir",
         str(synthetic_cohort),
         "--output_dir",

@@ -11,7 +11,7 @@ import torch
 
 from dycon_monai.data import H5Reader, la2018_datalist, la_inference_transforms, la_train_transforms, scan_la2018
 from dycon_monai.data.checks import NonFiniteDataError
-from dycon_monai.data.isles22 import DataError, MissingFileError
+from dycon_monai.data.isles22_layout import DataError, MissingFileError
 from dycon_monai.data.la2018 import la2018_published_split
 from dycon_monai.data.la_transforms import la_label_loader
 

@@ -1,8 +1,8 @@
 """What MONAI Label relies on in the dycon_isles bundle, checked without a server (no monailabel needed).
 
-- ``BundleTrainTask`` replaces only ``train#dataset#data``: the unlabeled stream then falls back to the labeled
-  images without their labels instead of reading ``dataset_dir``; without such data the run still stops with the
-  "no readable dataset" error.
+- The unlabeled stream is explicit (``train#unlabeled_dataset#data`` is the datalist's unlabeled split): MONAI Label's
+  train task sets both streams (``train#dataset#data`` and ``train#unlabeled_dataset#data``), and then no
+  ``dataset_dir`` is read; a stream left to the datalist without a dataset stops with the "no readable dataset" error.
 - ``publish_model`` puts the trained weights where MONAI Label serves them, only when switched on (the default of
   ``train.json`` is off, so a command-line run never replaces ``<bundle>/models/model.pt``).
 - Building ``inference.json``'s post-processing (as MONAI Label does for every model) creates no run folder.
@@ -17,13 +17,8 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from dycon_monai.utils.run_dir import (
-    DatasetNotFoundError,
-    create_run_dir,
-    make_run_dir,
-    publish_model,
-    unlabeled_training_data,
-)
+from dycon_monai.bundle import make_run_dir, plan_run_dir, publish_model
+from dycon_monai.data import DatasetNotFoundError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "dycon_isles" / "configs"
 
@@ -42,28 +37,27 @@ def _root_cause(err: BaseException) -> BaseException:
     return err
 
 
-def test_unlabeled_stream_falls_back_to_labeled_images_without_labels(tmp_path):
+def test_both_streams_given_read_no_dataset(tmp_path):
     labeled = [{"image": str(tmp_path / f"s{i}.nii.gz"), "label": str(tmp_path / f"l{i}.nii.gz")} for i in range(2)]
-    parser = _train_parser(**{"train#dataset#data": labeled, "dataset_dir": str(tmp_path / "missing")})
-    unlabeled = parser.get_parsed_content("train#unlabeled_dataset#data")
-    assert unlabeled == [{"image": item["image"]} for item in labeled]
-    assert all("label" not in item for item in unlabeled)
+    unlabeled = [{"image": str(tmp_path / "u.nii.gz")}]
+    parser = _train_parser(
+        **{
+            "train#dataset#data": labeled,
+            "train#unlabeled_dataset#data": unlabeled,
+            "dataset_dir": str(tmp_path / "missing"),
+        }
+    )
+    assert parser.get_parsed_content("train#dataset#data") == labeled
+    assert parser.get_parsed_content("train#unlabeled_dataset#data") == unlabeled
 
 
-def test_no_dataset_and_no_given_data_still_stops_with_the_dataset_error(tmp_path):
+def test_the_unlabeled_stream_is_the_datalists_unlabeled_split(tmp_path):
+    assert _train_parser()["train#unlabeled_dataset#data"] == "$@datalist['training_unlabeled']"
     parser = _train_parser(dataset_dir=str(tmp_path / "missing"))
     with pytest.raises(Exception) as info:
         parser.get_parsed_content("train#unlabeled_dataset#data")
     assert isinstance(_root_cause(info.value), DatasetNotFoundError)
     assert "No readable ISLES'22 dataset" in str(_root_cause(info.value))
-
-
-def test_unlabeled_training_data_outside_a_config():
-    datalist = {"training_unlabeled": [{"image": "u.nii.gz", "case_id": "u"}]}
-    assert unlabeled_training_data([], datalist=datalist) == datalist["training_unlabeled"]
-    assert unlabeled_training_data([{"image": "a", "label": "b"}]) == [{"image": "a"}]
-    with pytest.raises(KeyError, match="no 'image'"):
-        unlabeled_training_data([{"label": "b"}])
 
 
 def test_publish_model_only_when_asked(tmp_path):
@@ -103,13 +97,13 @@ def test_inference_postprocessing_creates_no_run_folder(tmp_path, monkeypatch):
 
 
 def test_planned_run_dir_is_created_with_the_usual_rules(tmp_path):
-    planned = create_run_dir(tmp_path, prefix="infer", create=False)
+    planned = plan_run_dir(tmp_path, prefix="infer")
     assert not Path(planned).exists()
     assert make_run_dir(planned) == planned and Path(planned).is_dir()
     with pytest.raises(FileExistsError, match="same second"):
         make_run_dir(planned)
 
-    named = create_run_dir(tmp_path, name="mine", create=False)
+    named = plan_run_dir(tmp_path, name="mine")
     assert named == str(tmp_path / "mine")
     make_run_dir(named, name="mine")
     (Path(named) / "out.nii.gz").write_bytes(b"x")
