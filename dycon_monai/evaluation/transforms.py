@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Mapping
 
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
+
+from dycon_monai.evaluation.entropy import voxel_entropy
 
 __all__ = ["prediction_entropy", "PredictionEntropyd"]
 
@@ -15,18 +16,15 @@ __all__ = ["prediction_entropy", "PredictionEntropyd"]
 def prediction_entropy(probs: torch.Tensor, normalize: bool = True, eps: float = 1e-8) -> torch.Tensor:
     """Entropy over the channel axis of channel-first probabilities ``(C, *spatial)`` -> ``(1, *spatial)``.
 
-    ``H = -sum_c p_c log p_c`` (natural log); with ``normalize`` divided by ``log C`` so that it lies in [0, 1].
-    A single channel is read as a foreground probability (binary entropy).
+    :func:`~dycon_monai.evaluation.entropy.voxel_entropy` of one item (with ``normalize`` divided by ``log C``, in
+    [0, 1]). A single channel is read as a foreground probability (binary entropy).
     """
     if probs.ndim < 2:
         raise ValueError(f"prediction_entropy: expected (C, *spatial) probabilities, got shape {tuple(probs.shape)}.")
     p = probs.float()
     if p.shape[0] == 1:
         p = torch.cat([1 - p, p], dim=0)
-    h = -(p * torch.log(p.clamp_min(eps))).sum(dim=0, keepdim=True)
-    if normalize:
-        h = h / math.log(p.shape[0])
-    return h
+    return voxel_entropy(p[None], activation="none", normalize=normalize, eps=eps)
 
 
 class PredictionEntropyd(MapTransform):

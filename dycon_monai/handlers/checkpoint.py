@@ -25,6 +25,7 @@ from monai.handlers import CheckpointLoader
 from torch import nn
 
 from dycon_monai.networks.dycon_net import unwrap_module
+from dycon_monai.utils.dist import rank_and_world_size
 from dycon_monai.utils.io import TMP_PREFIX, atomic_torch_save
 
 __all__ = [
@@ -328,7 +329,8 @@ class TrainingCheckpointHandler:
         best_saver: the evaluator's best-model :class:`AtomicCheckpointSaver` (its best metric is saved, so a
             resumed run does not replace a better model with a worse one).
         resume_from: a checkpoint file or a run's ``models`` folder to resume from; ``None`` starts afresh.
-        save: false to only resume (ranks other than 0 in a multi-process run).
+
+    In a multi-process run every rank resumes and only rank 0 saves.
     """
 
     def __init__(
@@ -339,7 +341,6 @@ class TrainingCheckpointHandler:
         lr_scheduler: Any = None,
         best_saver: AtomicCheckpointSaver | None = None,
         resume_from: str | os.PathLike | None = None,
-        save: bool = True,
     ) -> None:
         self.save_dir = save_dir
         self.save_interval = int(save_interval)
@@ -347,11 +348,10 @@ class TrainingCheckpointHandler:
         self.lr_scheduler = lr_scheduler
         self.extra = {} if best_saver is None else {"best_saver": best_saver}
         self.resume_from = resume_from or None
-        self.save = bool(save)
 
     def attach(self, engine: Engine) -> None:
         """Attach the saver (and the loader) to the trainer ``engine``."""
-        if self.save:
+        if rank_and_world_size()[0] == 0:
             AtomicCheckpointSaver(
                 save_dir=self.save_dir,
                 save_dict=checkpoint_dict(engine, self.lr_scheduler, **self.extra),

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from ignite.engine import Engine, Events
-from ignite.handlers import ProgressBar
 
 from dycon_monai.utils.dist import rank_and_world_size
 from dycon_monai.utils.flags import as_bool
@@ -61,4 +60,8 @@ class LossProgressBar:
     def attach(self, engine: Engine) -> None:
         """Attach the bar to ``engine`` (nothing when disabled)."""
         if self.enabled and rank_and_world_size()[0] == 0:
+            try:
+                from ignite.handlers import ProgressBar
+            except ImportError:  # pytorch-ignite < 0.5 keeps it in contrib
+                from ignite.contrib.handlers import ProgressBar
             ProgressBar(persist=self.persist).attach(engine, output_transform=self._loss)

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["PaperConfig", "PaperFeCLPerAnchor", "PaperFeCLScalar", "paper_kernel"]
+from dycon_monai.losses.fecl_base import NEG_INF
 
-_NEG_INF = float("-inf")
+__all__ = ["PaperConfig", "PaperFeCLPerAnchor", "PaperFeCLScalar", "paper_kernel"]
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def paper_kernel(
         sim = cos.mul_(inv_tau)  # S_ij, reusing the cosine buffer
 
         # log of the weighted negative sum R_i (before hard negatives), by a masked log-sum-exp
-        e_neg = sim.masked_fill(same, _NEG_INF)  # other-class pairs only
+        e_neg = sim.masked_fill(same, NEG_INF)  # other-class pairs only
         m_neg = e_neg.amax(dim=2)
         m_neg = torch.where(torch.isfinite(m_neg), m_neg, torch.zeros_like(m_neg))
         e_neg.sub_(m_neg.unsqueeze(2)).exp_()  # exp(S_iq - m_i), 0 on same-class pairs
@@ -98,12 +98,12 @@ def paper_kernel(
         log_r = m_neg + e_neg.sum(dim=2).log()  # -inf where there is no (weighted) negative
 
         if use_hn:
-            t_sim = torch.bmm(zc, zt_t).mul_(inv_tau).masked_fill_(same, _NEG_INF)
+            t_sim = torch.bmm(zc, zt_t).mul_(inv_tau).masked_fill_(same, NEG_INF)
             t_vals, t_idx = t_sim.topk(k_top, dim=2)
             del t_sim
             k_i = n_other_all[:, i0:i1].clamp(max=float(cfg.top_k))
             log_hn = torch.logsumexp(t_vals, dim=2) - k_i.clamp_min(1.0).log()
-            log_hn = torch.where(k_i > 0, log_hn, torch.full_like(log_hn, _NEG_INF))
+            log_hn = torch.where(k_i > 0, log_hn, torch.full_like(log_hn, NEG_INF))
             log_r = torch.logaddexp(log_r, log_hn)
 
         # the weight buffer now becomes F+ on positive pairs only (same class, off the diagonal)

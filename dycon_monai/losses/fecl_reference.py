@@ -1,14 +1,17 @@
-"""The released-code variant of FeCL (SPEC "reference" steps 1-5), for users who want to match those numbers."""
+"""The released-code FeCL (SPEC "reference" steps 1-5) as its own loss, for users who want to match those numbers."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from monai.utils import LossReduction
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["reference_fecl", "reference_rows"]
+from dycon_monai.losses.fecl_base import NEG_INF, FeCLBase
+from dycon_monai.utils.schedules import fecl_reference_threshold
 
-_NEG_INF = float("-inf")
+__all__ = ["FeCLReferenceLoss", "reference_fecl", "reference_rows"]
 
 
 def reference_rows(
@@ -79,7 +82,7 @@ def reference_fecl(
     tau, chunk = temperature, chunk_size
     # step 1's detached column maxima of A (diagonal set to 0), one chunk of rows at a time
     with torch.no_grad():
-        col_max = zn.new_full((bsz, n_all), _NEG_INF)
+        col_max = zn.new_full((bsz, n_all), NEG_INF)
         for i0 in range(0, n_all, chunk):
             i1 = min(n_all, i0 + chunk)
             rows = torch.arange(i1 - i0, device=zn.device)
@@ -118,3 +121,80 @@ def reference_fecl(
     if scale is not None:
         total = total + scale * t_sum.sum()
     return total
+
+
+class FeCLReferenceLoss(FeCLBase):
+    """FeCL as the DyCON authors' released code computes it (SPEC "reference" steps 1-5), beside the paper's
+    :class:`~dycon_monai.losses.FeCLLoss`.
+
+    Per sample, with ``A = z z^T / tau`` (diagonal 0) minus its detached column maxima, ``p_ik = exp(A_ik) / (exp(A_ik)
+    + sum_{q in N(i)} exp(A_iq))``, a focal factor ``(1 - p_ik)^gamma`` that carries gradient, and ``l_i`` the mean of
+    ``-(1 - p_ik)^gamma log p_ik`` over the positives ``P(i)``. Its teacher term is ``lambda_cross`` times the mean of
+    ``-log(1 - z_i . zt_l + 1e-18)`` over other-class pairs with ``z_i . zt_l > thr(epoch)``,
+    ``thr(t) = 0.3 + 0.2 * exp(-5 (1 - min(t, R) / R)^2)`` (``epoch`` set by a ``FeCLEpochHandler``).
+
+    Reduction: ``"mean"`` / ``"sum"`` of ``l_i`` over all anchors, plus the teacher term (a mean over pairs);
+    ``"none"``: the ``(B, N)`` map in which each anchor carries its share of the teacher term, so
+    ``none.sum() == sum``. There is no entropy weighting (the released code computes none into the loss): a
+    ``patch_entropy`` is refused. Their scripts use ``gamma=2.0``. Each chunk of anchors runs under
+    ``torch.utils.checkpoint`` when a gradient is needed. Inputs, map inputs and :meth:`from_predictions` are those of
+    :class:`~dycon_monai.losses.fecl_base.FeCLBase`.
+
+    Args:
+        temperature: ``tau`` (0.6).
+        gamma: focal exponent (2.0 in the released scripts).
+        lambda_cross: weight of the teacher term.
+        ramp_length: ``R`` of ``thr(t)`` (1500 in the released code).
+        chunk_size, reduction, grid_size, label_threshold: as in :class:`~dycon_monai.losses.fecl_base.FeCLBase`.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.6,
+        gamma: float = 2.0,
+        lambda_cross: float = 1.0,
+        ramp_length: float = 1500,
+        chunk_size: int = 256,
+        reduction: LossReduction | str = LossReduction.MEAN,
+        grid_size: int = 16,
+        label_threshold: float = 0.5,
+    ) -> None:
+        super().__init__(temperature, gamma, chunk_size, reduction, grid_size, label_threshold)
+        if not (math.isfinite(lambda_cross) and lambda_cross >= 0):
+            raise ValueError(f"FeCLReferenceLoss lambda_cross must be a finite number >= 0, got {lambda_cross}.")
+        if not (math.isfinite(ramp_length) and ramp_length >= 0):
+            raise ValueError(f"FeCLReferenceLoss ramp_length must be a finite number >= 0, got {ramp_length}.")
+        self.lambda_cross = float(lambda_cross)
+        self.ramp_length = float(ramp_length)
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Always: the teacher term reads the teacher embeddings."""
+        return True
+
+    def _loss(
+        self,
+        zn: torch.Tensor,
+        ztn: torch.Tensor | None,
+        labels: torch.Tensor,
+        pos_count: torch.Tensor,
+        entropy: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if entropy is not None:
+            raise ValueError(
+                "FeCLReferenceLoss has no entropy weighting (the released code does not use its gambling_uncertainty "
+                "argument in the loss); pass patch_entropy=None, or use FeCLLoss for the entropy-aware positives of "
+                "Eq. 4."
+            )
+        return reference_fecl(
+            zn,
+            ztn,
+            labels,
+            pos_count,
+            temperature=self.temperature,
+            gamma=self.gamma,
+            threshold=fecl_reference_threshold(self.epoch, self.ramp_length),
+            lambda_cross=self.lambda_cross,
+            chunk_size=self.chunk_size,
+            reduction=self.reduction,
+        )

@@ -1,7 +1,8 @@
 """MONAI Label integration: uncertainty-driven active learning with DyCON's voxel entropy.
 
 The entropy and ranking functions (:mod:`dycon_monai.monailabel.entropy`) and the app preparation function
-(:mod:`dycon_monai.monailabel.app`) need only PyTorch. The MONAI Label classes (``DyCONEntropyScoring``,
+(:mod:`dycon_monai.monailabel.app`) need only PyTorch. The app MONAI Label starts is
+:class:`dycon_monai.monailabel.server_app.DyCONApp`. The MONAI Label classes (``DyCONEntropyScoring``,
 ``MostUncertainStrategy``, ``with_dycon_active_learning``, ``DyCONActiveLearningMixin``) are loaded on first access from
 :mod:`dycon_monai.monailabel.tasks`, which needs the ``monailabel`` package (see ``docs/monailabel.md``).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from dycon_monai.monailabel.app import find_sample_app, prepare_app
+from dycon_monai.monailabel.app import prepare_app
 from dycon_monai.monailabel.entropy import (
     mean_voxel_entropy,
     most_uncertain,
@@ -26,7 +27,6 @@ __all__ = [
     "study_entropy",
     "rank_by_entropy",
     "most_uncertain",
-    "find_sample_app",
     "prepare_app",
     "DyCONEntropyScoring",
     "MostUncertainStrategy",

@@ -33,7 +33,9 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask, CallBackTypes
 from monailabel.tasks.train.bundle import BundleTrainTask
 from monailabel.utils.others.generic import name_to_device
 
+from dycon_monai.bundle.workflow import WORKFLOW_NAME
 from dycon_monai.monailabel.entropy import mean_voxel_entropy, most_uncertain, rank_by_entropy
+from dycon_monai.utils.flags import as_bool
 
 __all__ = [
     "DEFAULT_KEY",
@@ -46,6 +48,7 @@ __all__ = [
     "dycon_scoring_methods",
     "dycon_strategies",
     "dycon_trainers",
+    "dycon_unlabeled_default",
     "UNLABELED_KEY",
     "PUBLISH_KEY",
 ]
@@ -144,7 +147,7 @@ class DyCONEntropyScoring(ScoringMethod):
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
         start = time.time()
         device = name_to_device(request.get("device"))
-        force = _truthy(request.get("force", False))
+        force = as_bool(request.get("force", False), "force")
         max_samples = int(request.get("max_samples", self.max_samples) or 0)
         model_ts = self.model_ts()
 
@@ -235,10 +238,13 @@ class DyCONBundleTrainTask(BundleTrainTask):
     """``BundleTrainTask`` for a DyCON bundle: unlabeled datastore studies in, served weights out.
 
     - **Unlabeled stream.** Stock MONAI Label hands a bundle only the labeled studies (``train#dataset#data``).
-      DyCON learns from unlabeled scans too: this task additionally sets the bundle's unlabeled stream
-      (``unlabeled_key``, by default ``train#unlabeled_dataset#data``) to ``[{"image": path}, ...]`` for every study
-      of the datastore without a final label. Without it (request ``"dycon_unlabeled": false``, or no unlabeled
-      study left) the ``dycon_isles`` bundle uses the labeled images without their labels as its unlabeled stream.
+      DyCON learns from unlabeled scans too: this task also sets the bundle's unlabeled stream (``unlabeled_key``,
+      by default ``train#unlabeled_dataset#data``) to ``[{"image": path}, ...]`` for every study of the datastore
+      without a final label. With none (request ``"dycon_unlabeled": false``, or no unlabeled study left) the stream
+      is the labeled images without their labels. The bundle itself never reads a ``dataset_dir`` here.
+    - **Workflow.** The run goes through :class:`dycon_monai.bundle.DyconWorkflow` (``workflow_name``, in process
+      for one GPU, ``--workflow_name`` on the ``torchrun`` command for several): override check, run folder, run
+      record and log, as on the command line.
     - **Published weights.** When the bundle's train config has the key ``publish_key`` (default
       ``publish_model_to_bundle``), it is set to true, so that the run ends by copying its best weights to
       ``<bundle>/models/model.pt``: the file MONAI Label serves, and reloads when it changes. A command-line run of
@@ -291,7 +297,10 @@ class DyCONBundleTrainTask(BundleTrainTask):
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> Any:
         self._pending_unlabeled = None
-        if _truthy(request.get("dycon_unlabeled", self.unlabeled_default)) and self.has_unlabeled_stream():
+        if (
+            as_bool(request.get("dycon_unlabeled", self.unlabeled_default), "dycon_unlabeled")
+            and self.has_unlabeled_stream()
+        ):
             ids = sorted(datastore.get_unlabeled_images())
             cap = int(request.get("max_unlabeled", 0) or 0)
             ids = ids[:cap] if cap > 0 else ids
@@ -304,12 +313,27 @@ class DyCONBundleTrainTask(BundleTrainTask):
             self._pending_unlabeled = None
 
     def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        if self._pending_unlabeled:
-            overrides[self.unlabeled_key] = self._pending_unlabeled
+        if self.has_unlabeled_stream():
+            if self._pending_unlabeled:
+                overrides[self.unlabeled_key] = self._pending_unlabeled
+            else:  # no unlabeled study: the labeled images without their labels
+                labeled = overrides.get(self.const.key_train_dataset_data()) or []
+                overrides[self.unlabeled_key] = [{"image": item["image"]} for item in labeled]
         if self.publishes_model():
             overrides[self.publish_key] = True
             logger.info(f"DyCON train:: the trained weights go to {self.bundle_path}/models/model.pt")
         return overrides
+
+    def run_single_gpu(self, request: dict[str, Any], overrides: dict[str, Any]) -> None:
+        super().run_single_gpu(request, {**overrides, "workflow_name": WORKFLOW_NAME})
+
+    def run_multi_gpu(self, request: dict[str, Any], cmd: list[str], env: dict[str, str]) -> None:
+        super().run_multi_gpu(request, [*cmd, "--workflow_name", WORKFLOW_NAME], env)
+
+
+def dycon_unlabeled_default(app: Any) -> bool:
+    """The app config ``dycon_train_unlabeled`` (default true): feed unlabeled datastore studies to training."""
+    return as_bool(_app_conf(app).get("dycon_train_unlabeled", "true"), "dycon_train_unlabeled")
 
 
 def _app_conf(app: Any) -> dict[str, str]:
@@ -380,7 +404,7 @@ def dycon_trainers(app: Any, trainers: dict[str, TrainTask]) -> dict[str, TrainT
     trained weights.
     """
     conf = _app_conf(app)
-    unlabeled = _truthy(conf.get("dycon_train_unlabeled", "true"))
+    unlabeled = dycon_unlabeled_default(app)
     out = dict(trainers)
     for name, task in trainers.items():
         if type(task) is BundleTrainTask and task.is_valid():
@@ -458,13 +482,6 @@ class DyCONActiveLearningMixin:
         strategies = dict(super().init_strategies() or {})  # type: ignore[misc]
         strategies.update(dycon_strategies(self))
         return strategies
-
-
-def _truthy(value: Any) -> bool:
-    """Request/config flags arrive as bools or strings ("true", "1", "no", ...)."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "y", "on")
-    return bool(value)
 
 
 def _finite(value: Any) -> bool:

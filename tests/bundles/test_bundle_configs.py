@@ -107,7 +107,8 @@ def test_train_config_follows_model_zoo_ids():
         "validate#evaluator",
     ):
         assert key in parser, key
-    assert isinstance(parser["train#handlers"], list)  # MONAI Label inserts its CheckpointLoader here
+    assert isinstance(parser["train#handlers"], list)  # MONAI Label inserts its CheckpointLoader here ...
+    assert all(isinstance(h, dict) for h in parser["train#handlers"])  # ... after reading every entry's _target_
     assert parser["train#trainer#_target_"] == "dycon_monai.engines.MeanTeacherTrainer"
     assert parser["train#network#_target_"] == "dycon_monai.networks.DyCONNet"
     assert parser["network_def#_target_"] == "UNet"

@@ -21,7 +21,7 @@ from dycon_monai.engines import (
     method_weights,
 )
 from dycon_monai.handlers import ema_decay_at
-from dycon_monai.losses import FeCLLoss
+from dycon_monai.losses import FeCLLoss, FeCLReferenceLoss
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only add overhead
 
@@ -257,9 +257,7 @@ def test_uncl_on_all_and_reference_fecl_run():
     assert losses[0]["consistency_weight"] == pytest.approx(0.1 * torch.exp(torch.tensor(-5.0)).item())
     assert losses[1]["consistency_weight"] > losses[0]["consistency_weight"]
 
-    trainer = make_trainer(
-        "dycon", max_epochs=1, fecl_loss=FeCLLoss(variant="reference", gamma=2.0, chunk_size=64, grid_size=GRID)
-    )
+    trainer = make_trainer("dycon", max_epochs=1, fecl_loss=FeCLReferenceLoss(gamma=2.0, chunk_size=64, grid_size=GRID))
     trainer.run()
     assert torch.isfinite(torch.tensor(trainer.state.loss_terms["loss_fecl"]))
 

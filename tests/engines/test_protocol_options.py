@@ -6,11 +6,11 @@ import pytest
 import torch
 from mt_helpers import GRID, make_loaders, make_trainer
 
-from dycon_monai.losses import FeCLLoss
+from dycon_monai.losses import FeCLLoss, FeCLReferenceLoss
 
 
-class _SpyFeCL(FeCLLoss):
-    """FeCLLoss that records what the trainer hands it."""
+class _Spy:
+    """Records what the trainer hands a FeCL loss."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -26,6 +26,14 @@ class _SpyFeCL(FeCLLoss):
             }
         )
         return super().from_patches(embeddings, labels, teacher_embeddings, patch_entropy)
+
+
+class _SpyFeCL(_Spy, FeCLLoss):
+    """FeCLLoss that records what the trainer hands it."""
+
+
+class _SpyReferenceFeCL(_Spy, FeCLReferenceLoss):
+    """FeCLReferenceLoss that records what the trainer hands it."""
 
 
 @pytest.mark.parametrize("fecl_on, expected_batch", [("unlabeled", 2), ("all", 4)])
@@ -57,7 +65,7 @@ def test_fecl_on_all_uses_ground_truth_patches_for_labeled_samples(one_thread):
 
 
 def test_reference_fecl_gets_no_entropy(one_thread):
-    spy = _SpyFeCL(variant="reference", chunk_size=64, grid_size=GRID)
+    spy = _SpyReferenceFeCL(chunk_size=64, grid_size=GRID)
     make_trainer("dycon", max_epochs=1, fecl_loss=spy).run()
     assert spy.calls and all(c["entropy"] is None for c in spy.calls)
 

@@ -4,7 +4,7 @@ import pytest
 from ignite.engine import Engine, Events
 
 from dycon_monai.handlers import BetaScheduleHandler, FeCLEpochHandler, ScheduleHandler
-from dycon_monai.losses import FeCLLoss, UnCLLoss
+from dycon_monai.losses import FeCLReferenceLoss, UnCLLoss
 from dycon_monai.utils.schedules import geometric_beta, paper_beta
 
 
@@ -50,7 +50,7 @@ def test_schedule_handlers_without_a_target_do_nothing_and_bad_args():
 
 
 def test_fecl_epoch_handler_sets_zero_based_epoch():
-    loss = FeCLLoss(variant="reference")
+    loss = FeCLReferenceLoss()
     engine = _engine()
     FeCLEpochHandler(loss).attach(engine)
     seen = []
@@ -67,7 +67,7 @@ def test_fecl_epoch_counts_released_code_epochs_isles_10_percent():
     from dycon_monai.utils.schedules import fecl_reference_threshold
 
     per_epoch = 20 // 4
-    loss = FeCLLoss(variant="reference")
+    loss = FeCLReferenceLoss()
     engine = _engine()
     FeCLEpochHandler(loss, iterations_per_epoch=per_epoch).attach(engine)
     thresholds = {}

@@ -12,7 +12,14 @@ import torch.nn.functional as F
 from dense_fecl_reference import dense_paper_fecl
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from dycon_monai.losses import FeCLLoss, patch_entropy, patchify_embeddings, patchify_labels
+from dycon_monai.losses import (
+    FeCLLoss,
+    FeCLReferenceLoss,
+    fecl_loss,
+    patch_entropy,
+    patchify_embeddings,
+    patchify_labels,
+)
 
 
 def _inputs(b=3, n=48, d=8, fg=0.3, dtype=torch.float64, seed=0):
@@ -112,7 +119,7 @@ def test_permuting_patches_leaves_the_loss_unchanged(variant, mode, reduction):
     if variant == "reference":  # the reference variant has no entropy weighting and refuses one
         entropy = None
     perm = torch.randperm(40, generator=torch.Generator().manual_seed(5))
-    loss = FeCLLoss(variant=variant, hard_negatives=mode, chunk_size=9, top_k=4, reduction=reduction)
+    loss = fecl_loss(variant, hard_negatives=mode, chunk_size=9, top_k=4, reduction=reduction)
     out, grad = _value_and_grad(lambda x: loss(x, labels, teacher, entropy), emb)
     if reduction == "none":  # permute the incoming per-anchor gradient along with the patches
         x = emb[:, perm].detach().clone().requires_grad_()
@@ -135,7 +142,7 @@ def test_single_class_sample_gives_zero_not_nan(variant):
     teacher = torch.randn(1, 20, 8)
     labels = torch.zeros(1, 20, dtype=torch.long)
     entropy = torch.rand(1, 20) if variant == "paper" else None  # the reference variant refuses an entropy
-    loss = FeCLLoss(variant=variant, chunk_size=6)(emb, labels, teacher, entropy)
+    loss = fecl_loss(variant, chunk_size=6)(emb, labels, teacher, entropy)
     loss.backward()
     assert loss.item() == 0.0
     assert torch.isfinite(emb.grad).all()
@@ -236,7 +243,7 @@ def test_no_grad_mode_gives_the_same_value(variant):
     emb, labels, teacher, entropy = _inputs(b=2, n=24, dtype=torch.float32)
     entropy = entropy if variant == "paper" else None
     emb.requires_grad_()
-    loss = FeCLLoss(variant=variant, chunk_size=8)
+    loss = fecl_loss(variant, chunk_size=8)
     with torch.no_grad():
         value = loss(emb, labels, teacher, entropy)
     assert not value.requires_grad
@@ -281,7 +288,7 @@ def test_never_materialises_b_n_n(variant, mode, reduction):
     emb, labels, teacher, entropy = _inputs(b=b, n=n, d=d, dtype=torch.float32)
     entropy = entropy if variant == "paper" else None
     emb.requires_grad_()
-    loss = FeCLLoss(variant=variant, hard_negatives=mode, chunk_size=chunk, reduction=reduction)
+    loss = fecl_loss(variant, hard_negatives=mode, chunk_size=chunk, reduction=reduction)
     with _LargestTensor() as probe:
         out = loss(emb, labels, teacher, entropy)
         out.sum().backward()
@@ -415,13 +422,12 @@ def test_bad_inputs_raise_clear_errors(case, variant):
     e = torch.randn(2, 8, 4)
     lab = torch.zeros(2, 8, dtype=torch.long)
     with pytest.raises(ValueError, match=match):
-        FeCLLoss(variant=variant)(**build(e, lab, torch.randn(2, 8, 4), torch.rand(2, 8)))
+        fecl_loss(variant)(**build(e, lab, torch.randn(2, 8, 4), torch.rand(2, 8)))
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(variant="authors"), "variant must be one of"),
         (dict(hard_negatives="top"), "hard_negatives must be one of"),
         (dict(temperature=0.0), "temperature must be a finite number > 0"),
         (dict(gamma=-1.0), "gamma must be a finite number >= 0"),
@@ -433,3 +439,32 @@ def test_bad_inputs_raise_clear_errors(case, variant):
 def test_bad_arguments_raise_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FeCLLoss(**kwargs)
+
+
+def test_the_paper_class_has_no_variant_and_the_factory_chooses_the_class():
+    with pytest.raises(TypeError):
+        FeCLLoss(variant="reference")
+    with pytest.raises(ValueError, match="fecl_variant must be one of"):
+        fecl_loss("authors")
+    ref = fecl_loss("reference", temperature=0.5, hard_negatives="denominator", top_k=8, use_entropy=True)
+    assert isinstance(ref, FeCLReferenceLoss) and ref.temperature == 0.5 and ref.uses_teacher
+    assert not ref.uses_entropy and not hasattr(ref, "top_k")
+    with pytest.raises(TypeError, match="lambda_cross"):
+        fecl_loss("paper", lambda_cross=1.0)
+    assert isinstance(fecl_loss("paper", hard_negatives="none"), FeCLLoss)
+
+
+def test_both_classes_prepare_the_same_patches():
+    """Patch preparation (grid pooling, label threshold) is shared: same patches from the same maps."""
+    torch.manual_seed(1)
+    emb = torch.randn(2, 6, 8, 8, 8, dtype=torch.float64)
+    label = (torch.rand(2, 1, 16, 16, 16) > 0.7).float()
+    seen = {}
+    for cls in (FeCLLoss, FeCLReferenceLoss):
+        loss = cls(grid_size=4, reduction="none")
+        loss._loss = lambda zn, ztn, labels, pos, ent, name=cls.__name__: (
+            seen.setdefault(name, (zn, labels)) and zn[..., 0]
+        )
+        loss(emb, label)
+    (za, la), (zb, lb) = seen["FeCLLoss"], seen["FeCLReferenceLoss"]
+    assert torch.equal(za, zb) and torch.equal(la, lb) and za.shape == (2, 64, 6)

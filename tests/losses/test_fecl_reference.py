@@ -1,4 +1,4 @@
-"""FeCLLoss(variant="reference"): checked against a direct, per-sample transcription of SPEC reference steps 1-5."""
+"""FeCLReferenceLoss(): checked against a direct, per-sample transcription of SPEC reference steps 1-5."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dycon_monai.losses import FeCLLoss
+from dycon_monai.losses import FeCLLoss, FeCLReferenceLoss
 
 
 def transcribed_reference(emb, labels, teacher, tau, gamma, lambda_cross, epoch, ramp_length=1500.0):
@@ -64,7 +64,7 @@ def _inputs(b=2, n=40, d=8, seed=0):
 def test_reference_matches_transcription(gamma, with_teacher, epoch, chunk_size):
     emb, labels, teacher = _inputs()
     teacher = teacher if with_teacher else None
-    loss = FeCLLoss(variant="reference", temperature=0.6, gamma=gamma, chunk_size=chunk_size, lambda_cross=0.7)
+    loss = FeCLReferenceLoss(temperature=0.6, gamma=gamma, chunk_size=chunk_size, lambda_cross=0.7)
     loss.epoch = epoch
     x1 = emb.clone().requires_grad_()
     got = loss(x1, labels, teacher)
@@ -78,33 +78,33 @@ def test_reference_matches_transcription(gamma, with_teacher, epoch, chunk_size)
 
 def test_reference_teacher_term_is_active_and_grows_with_lambda():
     emb, labels, teacher = _inputs(seed=1)
-    base = FeCLLoss(variant="reference", lambda_cross=0.0)(emb, labels, teacher)
-    with_term = FeCLLoss(variant="reference", lambda_cross=1.0)(emb, labels, teacher)
+    base = FeCLReferenceLoss(lambda_cross=0.0)(emb, labels, teacher)
+    with_term = FeCLReferenceLoss(lambda_cross=1.0)(emb, labels, teacher)
     assert with_term.item() > base.item()
-    assert base.item() == pytest.approx(FeCLLoss(variant="reference")(emb, labels).item(), rel=1e-12)
+    assert base.item() == pytest.approx(FeCLReferenceLoss()(emb, labels).item(), rel=1e-12)
 
 
 def test_reference_reductions_and_entropy_refused():
     emb, labels, teacher = _inputs(seed=2)
-    per = FeCLLoss(variant="reference", reduction="none", chunk_size=9)(emb, labels, teacher)
-    total = FeCLLoss(variant="reference", reduction="sum", chunk_size=9)(emb, labels, teacher)
+    per = FeCLReferenceLoss(reduction="none", chunk_size=9)(emb, labels, teacher)
+    total = FeCLReferenceLoss(reduction="sum", chunk_size=9)(emb, labels, teacher)
     assert per.shape == labels.shape
     assert per.sum().item() == pytest.approx(total.item(), rel=1e-10)
-    mean = FeCLLoss(variant="reference")(emb, labels)
+    mean = FeCLReferenceLoss()(emb, labels)
     assert torch.isfinite(mean)
     with pytest.raises(ValueError, match="patch_entropy=None"):
-        FeCLLoss(variant="reference")(emb, labels, patch_entropy=torch.rand(2, 40))
-    assert FeCLLoss(variant="reference").uses_teacher and not FeCLLoss(variant="reference").uses_entropy
+        FeCLReferenceLoss()(emb, labels, patch_entropy=torch.rand(2, 40))
+    assert FeCLReferenceLoss().uses_teacher and not FeCLReferenceLoss().uses_entropy
     assert not FeCLLoss(hard_negatives="none").uses_teacher and FeCLLoss().uses_entropy
     x = emb.clone().requires_grad_()
-    FeCLLoss(variant="reference", reduction="none", chunk_size=9)(x, labels, teacher).sum().backward()
+    FeCLReferenceLoss(reduction="none", chunk_size=9)(x, labels, teacher).sum().backward()
     y = emb.clone().requires_grad_()
-    FeCLLoss(variant="reference", reduction="sum", chunk_size=9)(y, labels, teacher).backward()
+    FeCLReferenceLoss(reduction="sum", chunk_size=9)(y, labels, teacher).backward()
     torch.testing.assert_close(x.grad, y.grad)
 
 
 def test_reference_differs_from_paper_variant():
     emb, labels, teacher = _inputs(seed=3)
-    ref = FeCLLoss(variant="reference", gamma=2.0)(emb, labels, teacher)
-    paper = FeCLLoss(variant="paper", gamma=2.0)(emb, labels, teacher)
+    ref = FeCLReferenceLoss(gamma=2.0)(emb, labels, teacher)
+    paper = FeCLLoss(gamma=2.0)(emb, labels, teacher)
     assert not math.isclose(ref.item(), paper.item(), rel_tol=1e-3)

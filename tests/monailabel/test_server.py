@@ -106,9 +106,6 @@ class Server:
             "--conf",
             "models",
             MODEL,
-            "--conf",
-            "sam2",
-            "false",
             "--host",
             "127.0.0.1",
             "--port",
@@ -223,7 +220,7 @@ def _bundle_parser():
 # no caching or worker processes. Top-level keys of train.json, applied to the app's copy of the bundle only.
 TINY_TRAINING = {
     "max_iterations": 2,
-    "val_interval": 2,
+    "epoch_iterations": 2,
     "batch_size": 2,
     "patch_size": [32, 32, 32],
     "fecl_grid_size": 4,
@@ -276,7 +273,7 @@ def served(tmp_path_factory):
     import torch
 
     from dycon_monai.data import make_synthetic_cohort
-    from dycon_monai.monailabel import find_sample_app, prepare_app
+    from dycon_monai.monailabel import prepare_app
 
     for required in ("inference.json", "metadata.json"):
         assert (BUNDLE / "configs" / required).is_file(), f"bundle {BUNDLE} lacks configs/{required}"
@@ -287,7 +284,7 @@ def served(tmp_path_factory):
     weights = work / "model.pt"
     torch.save(_bundle_parser().get_parsed_content("network_def", instantiate=True).state_dict(), weights)
 
-    app = prepare_app(work / "app", BUNDLE, model_name=MODEL, sample_app=find_sample_app(prefix=venv), weights=weights)
+    app = prepare_app(work / "app", BUNDLE, model_name=MODEL, weights=weights)
     _shrink_training(app / "model" / MODEL)
 
     # studies: images only, one NIfTI per study, as a clinician's folder would hold them
@@ -441,3 +438,10 @@ def test_training_uses_unlabeled_datastore_studies(served):
         server.fail(f"the train task did not pass the {len(unlabeled)} unlabeled studies {unlabeled} to the bundle")
     override = [line for line in log.splitlines() if "> train#unlabeled_dataset#data:" in line]
     assert override, "monai.bundle.run did not log the train#unlabeled_dataset#data override"
+    # the run went through DyconWorkflow, as on the command line: a run folder with its record and log
+    records = sorted(served["app"].rglob("run_info.json"), key=lambda p: p.stat().st_mtime)
+    assert records, f"no run record under {served['app']}: the training did not go through DyconWorkflow"
+    info = json.loads(records[-1].read_text())
+    assert len(info["overrides"]["train#unlabeled_dataset#data"]) == len(unlabeled)
+    assert info["unlabeled_cases"] == len(unlabeled)
+    assert (records[-1].parent / "config.json").is_file() and (records[-1].parent / "log.txt").is_file()
