@@ -192,7 +192,7 @@ def lesion_statistics(label: np.ndarray) -> dict:
 
 
 def cohort_lesion_statistics(volumes_ref: Sequence[float], components: Sequence[int]) -> dict:
-    """Summary statistics comparable with the SPEC's reference facts.
+    """Summary statistics comparable with the published reference facts (``splits/isles22_fold0.json``).
 
     Args:
         volumes_ref: per-case lesion volumes expressed in reference voxels (8 mm^3).

@@ -55,7 +55,7 @@ def method_weights(method: str, eta: float = 1.0, consistency_weight: float | No
 
     Args:
         method: one of :data:`METHODS`.
-        eta: weight of UnCL and FeCL (``eta`` in SPEC, 1.0 in the paper).
+        eta: weight of UnCL and FeCL (``eta`` of the paper's total loss, 1.0 there).
         consistency_weight: override the MSE consistency weight of the preset (for every method but ``supervised``).
 
     Returns:

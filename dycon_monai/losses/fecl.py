@@ -1,6 +1,6 @@
 """Focal Entropy-aware Contrastive Loss (FeCL), DyCON paper Eq. 3-6, as a MONAI-style loss.
 
-:class:`FeCLLoss` is the paper's loss (Eq. 3-6 as read in ``SPEC.md``: focal weights on cosine similarity mapped to
+:class:`FeCLLoss` is the paper's loss (Eq. 3-6 as read in docs/losses.md: focal weights on cosine similarity mapped to
 ``[0, 1]``, gambling-softmax entropy on positive pairs, top-K teacher hard negatives), computed by the chunked kernel
 of :mod:`dycon_monai.losses.fecl_paper`. The authors' released code is :class:`~dycon_monai.losses.FeCLReferenceLoss`
 (:mod:`dycon_monai.losses.fecl_reference`); both share :class:`~dycon_monai.losses.fecl_base.FeCLBase`.
@@ -41,7 +41,7 @@ class FeCLLoss(FeCLBase):
     ``hard_negatives``: ``"denominator"`` (paper Eq. 3/6, needs ``teacher_embeddings``) or ``"none"``. The released
     code's loss, with its own teacher term, is :class:`~dycon_monai.losses.FeCLReferenceLoss`.
 
-    Reduction ``"mean"`` (SPEC): per sample, the mean of ``L_i`` over anchors with at least one positive, then the mean
+    Reduction ``"mean"``: per sample, the mean of ``L_i`` over anchors with at least one positive, then the mean
     over the samples that have such anchors; 0 (not NaN, still differentiable) when no anchor qualifies. ``"sum"``:
     the sum of ``L_i`` over all anchors. ``"none"``: the ``(B, N)`` map of ``L_i`` (0 for anchors without positives).
 

@@ -1,4 +1,4 @@
-"""The released-code FeCL (SPEC "reference" steps 1-5) as its own loss, for users who want to match those numbers."""
+"""The released-code FeCL (docs/losses.md, steps 1-5) as its own loss, for users who want to match those numbers."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def reference_rows(
     gamma: float,
     threshold: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SPEC reference steps 1-5 for anchors ``i0 .. i0 + n``: per-anchor ``l_i``, teacher-term sum and pair count."""
+    """Steps 1-5 of the released code (docs/losses.md) for anchors ``i0 .. i0 + n``: per-anchor ``l_i``, teacher-term sum and pair count."""
     n = zc.shape[1]
     rows = torch.arange(n, device=zc.device)
     diag = torch.zeros(1, n, zn.shape[1], dtype=torch.bool, device=zc.device)
@@ -73,7 +73,7 @@ def reference_fecl(
     chunk_size: int,
     reduction: str,
 ) -> torch.Tensor:
-    """The released code's FeCL (SPEC reference steps 1-5) on normalised embeddings, one chunk of anchors at a time.
+    """The released code's FeCL (steps 1-5 of docs/losses.md) on normalised embeddings, one chunk of anchors at a time.
 
     Each chunk runs under ``torch.utils.checkpoint`` when a gradient is needed (its focal factor carries gradient, so
     the chunk is recomputed in the backward instead of kept).
@@ -124,7 +124,7 @@ def reference_fecl(
 
 
 class FeCLReferenceLoss(FeCLBase):
-    """FeCL as the DyCON authors' released code computes it (SPEC "reference" steps 1-5), beside the paper's
+    """FeCL as the DyCON authors' released code computes it (steps 1-5 of docs/losses.md), beside the paper's
     :class:`~dycon_monai.losses.FeCLLoss`.
 
     Per sample, with ``A = z z^T / tau`` (diagonal 0) minus its detached column maxima, ``p_ik = exp(A_ik) / (exp(A_ik)

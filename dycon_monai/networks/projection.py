@@ -18,8 +18,8 @@ class ProjectionHead(nn.Module):
     """ASPP followed by a ``1x1x1`` convolution to ``embedding_dim`` channels.
 
     DyCON computes its Focal Entropy-aware Contrastive Loss (FeCL) on embeddings produced by a projection head
-    "ASPP + 1x1x1 conv" applied to an intermediate feature map of the segmentation network (paper Sec. 3.2; SPEC
-    "FeCL"). The spatial size is preserved, so the patch grid is laid over the same field of view as the feature map.
+    "ASPP + 1x1x1 conv" applied to an intermediate feature map of the segmentation network (paper Sec. 3.2;
+    docs/losses.md). The spatial size is preserved, so the patch grid is laid over the same field of view as the feature map.
     The output is not normalised; FeCL L2-normalises each pooled patch embedding itself.
 
     Args:

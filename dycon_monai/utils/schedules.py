@@ -105,7 +105,7 @@ def sigmoid_rampup(t: float, length: float) -> float:
 
 
 def fecl_reference_threshold(epoch: float, ramp_length: float = 1500.0) -> float:
-    """Similarity threshold of the released code's FeCL teacher term (SPEC, reference variant step 5).
+    """Similarity threshold of the released code's FeCL teacher term (step 5 of the released-code loss, docs/losses.md).
 
     ``thr(t) = 0.3 + 0.2 * exp(-5 * (1 - min(t, R) / R) ** 2)``, i.e. ``0.3 + 0.2 * sigmoid_rampup(t, R)``: it rises
     from ~0.301 at ``t = 0`` to 0.5 at ``t >= R``.

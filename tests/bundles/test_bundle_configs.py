@@ -184,3 +184,17 @@ def test_unlabeled_stream_is_explicit_and_multi_gpu_only_adds_distributed_lines(
     added = [line for line in multi["initialize"] if line not in train["initialize"]]
     assert [line for line in multi["initialize"] if line in train["initialize"]] == train["initialize"]
     assert all("dist." in line or "torch.cuda" in line for line in added), added
+
+
+@pytest.mark.parametrize("bundle", ["dycon_isles", "dycon_la"])
+def test_model_zoo_files(bundle):
+    root = BUNDLE.parent / bundle
+    assert "large_files.yml" in (root / "models" / "README.md").read_text()  # why there is none
+    assert (root / "docs" / "data_license.txt").read_text().strip()
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    assert meta["eval_metrics"].get("protocol") and any(isinstance(v, float) for v in meta["eval_metrics"].values())
+    headings = [line for line in (root / "docs" / "README.md").read_text().splitlines() if line.startswith("#")]
+    for section in ("# Model Overview", "## Data", "## Training configuration", "## Input", "## Output"):
+        assert section in headings, section
+    for section in ("## Performance", "## MONAI Bundle Commands", "## References", "# License"):
+        assert section in headings, section
