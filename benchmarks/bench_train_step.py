@@ -1,11 +1,18 @@
-"""Price of DyCON per training iteration: full DyCON step vs a plain supervised step, same network and batch.
+"""Price of DyCON per training iteration: supervised, Mean-Teacher and DyCON steps, same network and batch.
 
 Both steps run through ``MeanTeacherTrainer`` on the same ``DyCONNet`` (MONAI UNet + projection head) and the same
 batch size: the supervised step trains on ``B`` labeled patches (Dice+CE only, no teacher); the DyCON step on
 ``B/2`` labeled + ``B/2`` unlabeled patches with the EMA teacher forward on a noised view, UnCL, FeCL on the
 ``k^3`` patch grid (embedding 256, top-K hard negatives, entropy weights) and the EMA update. Each mode runs in its
 own subprocess of this run (so peak memory is measured per mode) and the script prints seconds per iteration, peak
-memory and the DyCON / supervised ratios.
+memory and the ratios against the supervised and the Mean-Teacher step.
+
+``--breakdown`` also profiles as many further iterations per mode (``torch.profiler``, CPU activities) and splits the
+step into the trainer's named ranges (``dycon/...``: student forward, teacher forward, UnCL, FeCL, backward,
+consistency, optimiser step, EMA update, unlabeled batch, and the projection head inside the forwards) plus the wait for the
+labeled batch (Ignite's ``GET_BATCH_STARTED`` .. ``GET_BATCH_COMPLETED``); "other" is the rest of the step. Times
+under the profiler are a little longer than without it, so the shares come from the profiled iterations and the
+ratios from the plain ones. ``--plot FILE.png`` draws the breakdown as a bar chart.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` during the timed iterations; on CPU, the growth of the
 process's peak resident set size (``ru_maxrss``) over its size after setup.
@@ -14,6 +21,7 @@ Usage::
 
     python benchmarks/bench_train_step.py                 # batch 4 (2+2), 96x96x64, UNet(16..256), grid 16
     python benchmarks/bench_train_step.py --quick         # small smoke run (32^3, UNet(8..64), grid 8)
+    python benchmarks/bench_train_step.py --breakdown --plot breakdown.png
     python benchmarks/bench_train_step.py --device cuda --amp
 """
 
@@ -69,9 +77,9 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
 
     patch = tuple(args.patch)
-    n_lab = args.batch if args.mode == "supervised" else args.batch // 2
+    n_lab = args.batch if args.mode == "supervised" else args.batch // 2  # Mean-Teacher and DyCON: half and half
     n_unl = args.batch - n_lab
-    total = args.warmup + args.iters
+    total = args.warmup + args.iters * (2 if args.breakdown else 1)
 
     def batch(n: int, labeled: bool) -> dict[str, Any]:
         item: dict[str, Any] = {"image": torch.randn(n, 1, *patch), "case_id": [f"c{i}" for i in range(n)]}
@@ -81,7 +89,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
 
     labeled = [batch(n_lab, True)] * total
     unlabeled = [batch(n_unl, False)] * total if n_unl else None
-    weights = method_weights("supervised" if args.mode == "supervised" else "dycon")
+    weights = method_weights(args.mode)
     trainer = MeanTeacherTrainer(
         device=device,
         max_epochs=1,
@@ -113,15 +121,47 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         _sync()
         marks["t0"] = time.perf_counter()
 
+    plain_end = args.warmup + args.iters
+    profiled: list[float] = []
+    batch_waits: list[float] = []
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if args.breakdown else None
+
     def _end(engine: MeanTeacherTrainer) -> None:
         _sync()
-        if engine.state.iteration > args.warmup:
+        it = engine.state.iteration
+        if args.warmup < it <= plain_end:
             times.append(time.perf_counter() - marks["t0"])
+        elif it > plain_end:
+            profiled.append(time.perf_counter() - marks["t0"] + marks.get("wait", 0.0))
+        if profiler is not None and it == plain_end:
+            profiler.start()  # the next iterations are the profiled ones
+
+    def _batch_start(engine: MeanTeacherTrainer) -> None:
+        marks["b0"] = time.perf_counter()
+
+    def _batch_end(engine: MeanTeacherTrainer) -> None:
+        marks["wait"] = time.perf_counter() - marks["b0"]
+        if engine.state.iteration >= plain_end:  # the batch of the next, profiled, iteration
+            batch_waits.append(marks["wait"])
 
     trainer.add_event_handler(Events.ITERATION_STARTED, _start)
     trainer.add_event_handler(Events.ITERATION_COMPLETED, _end)
+    trainer.add_event_handler(Events.GET_BATCH_STARTED, _batch_start)
+    trainer.add_event_handler(Events.GET_BATCH_COMPLETED, _batch_end)
     rss_before = _rss_mb()
     trainer.run()
+    breakdown = None
+    if profiler is not None:
+        profiler.stop()
+        n = max(len(profiled), 1)
+        parts = {"data_labeled": sum(batch_waits) / n}
+        for event in profiler.key_averages():
+            if event.key.startswith("dycon/"):
+                parts[event.key[len("dycon/") :]] = event.cpu_time_total / 1e6 / n
+        step = sum(profiled) / n
+        top = sum(v for k, v in parts.items() if k != "projection_head")
+        parts["other"] = max(step - top, 0.0)
+        breakdown = {"s_per_iter_profiled": step, "parts_s": parts}
     if cuda:
         peak_mb = (torch.cuda.max_memory_allocated(device) - marks["base_alloc"]) / 2**20
     else:
@@ -136,7 +176,65 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         "unlabeled": n_unl,
         "device": _device_name(args.device),
         "losses": {k: round(v, 4) for k, v in trainer.state.loss_terms.items()},
+        "breakdown": breakdown,
     }
+
+
+_PART_ORDER = (
+    "data_labeled",
+    "data_unlabeled",
+    "student_forward",
+    "teacher_forward",
+    "projection_head",
+    "loss_sup",
+    "loss_uncl",
+    "loss_fecl",
+    "loss_consistency",
+    "backward",
+    "optimizer_step",
+    "ema_update",
+    "other",
+)
+
+
+def print_breakdown(results: dict[str, dict[str, Any]]) -> None:
+    """One table: per part and mode, seconds per iteration and share of the profiled step."""
+    modes = [m for m in results if results[m].get("breakdown")]
+    print("breakdown (profiled iterations; projection_head is inside the two forwards, not added to the total)")
+    print(f"{'part':<18}" + "".join(f"{m:>24}" for m in modes))
+    for part in _PART_ORDER:
+        cells = []
+        for m in modes:
+            b = results[m]["breakdown"]
+            v = b["parts_s"].get(part)
+            cells.append(f"{'-':>24}" if v is None else f"{v:>12.3f} s {100 * v / b['s_per_iter_profiled']:>7.1f} %")
+        print(f"{part:<18}" + "".join(cells))
+    print(
+        f"{'step':<18}" + "".join(f"{results[m]['breakdown']['s_per_iter_profiled']:>12.3f} s {'':>9}" for m in modes)
+    )
+
+
+def plot_breakdown(results: dict[str, dict[str, Any]], path: str) -> None:
+    """Stacked horizontal bars of the breakdown, one bar per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = [m for m in results if results[m].get("breakdown")]
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.7 * len(modes)))
+    for row, m in enumerate(modes):
+        left = 0.0
+        for i, part in enumerate(p for p in _PART_ORDER if p != "projection_head"):
+            v = results[m]["breakdown"]["parts_s"].get(part, 0.0)
+            ax.barh(row, v, left=left, color=plt.cm.tab20(i), label=part if row == 0 else None)
+            left += v
+    ax.set_yticks(range(len(modes)), modes)
+    ax.set_xlabel("seconds per iteration (profiled)")
+    ax.legend(ncol=4, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"bar chart: {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--amp", action="store_true")
-    parser.add_argument("--mode", choices=("supervised", "dycon"), help=argparse.SUPPRESS)
+    parser.add_argument("--breakdown", action="store_true", help="also profile and split each step into its parts")
+    parser.add_argument("--plot", default=None, help="with --breakdown: write a bar chart PNG here")
+    parser.add_argument("--mode", choices=("supervised", "mean_teacher", "dycon"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quick = args.quick
     args.patch = args.patch or ([32, 32, 32] if quick else [96, 96, 64])
@@ -170,30 +270,39 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     results = {}
-    for mode in ("supervised", "dycon"):
+    for mode in ("supervised", "mean_teacher", "dycon"):
         cmd = [sys.executable, os.path.abspath(__file__), "--mode", mode, "--device", args.device]
         cmd += ["--batch", str(args.batch), "--patch", *map(str, args.patch), "--channels", *map(str, args.channels)]
         cmd += ["--embedding-dim", str(args.embedding_dim), "--grid", str(args.grid), "--iters", str(args.iters)]
         cmd += ["--warmup", str(args.warmup), "--threads", str(args.threads)] + (["--amp"] if args.amp else [])
+        cmd += ["--breakdown"] if args.breakdown else []
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             sys.stderr.write(proc.stdout + proc.stderr)
             return proc.returncode
         results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
 
-    sup, dyc = results["supervised"], results["dycon"]
+    sup, mt, dyc = results["supervised"], results["mean_teacher"], results["dycon"]
     print(
         f"device: {dyc['device']} | batch {args.batch} (DyCON {dyc['labeled']}+{dyc['unlabeled']}), patch "
         f"{'x'.join(map(str, args.patch))}, UNet{tuple(args.channels)}, embedding {args.embedding_dim}, grid "
         f"{args.grid}^3, amp={args.amp}, {args.iters} timed iterations after {args.warmup} warm-up"
     )
     print(f"{'step':<12}{'s/iter (median)':>18}{'s/iter (mean)':>16}{'peak extra MB':>16}")
-    for name, r in (("supervised", sup), ("dycon", dyc)):
+    for name, r in (("supervised", sup), ("mean_teacher", mt), ("dycon", dyc)):
         print(f"{name:<12}{r['s_per_iter_median']:>18.3f}{r['s_per_iter_mean']:>16.3f}{r['peak_extra_mb']:>16.1f}")
     time_ratio = dyc["s_per_iter_median"] / sup["s_per_iter_median"]
     mem_ratio = dyc["peak_extra_mb"] / sup["peak_extra_mb"] if sup["peak_extra_mb"] > 0 else float("nan")
+    mt_time = dyc["s_per_iter_median"] / mt["s_per_iter_median"]
+    mt_mem = dyc["peak_extra_mb"] / mt["peak_extra_mb"] if mt["peak_extra_mb"] > 0 else float("nan")
     print(f"ratio dycon/supervised: time {time_ratio:.2f}x, peak memory {mem_ratio:.2f}x")
-    print(json.dumps({"args": vars(args), "results": results, "time_ratio": time_ratio, "memory_ratio": mem_ratio}))
+    print(f"ratio dycon/mean_teacher: time {mt_time:.2f}x, peak memory {mt_mem:.2f}x")
+    if args.breakdown:
+        print_breakdown(results)
+        if args.plot:
+            plot_breakdown(results, args.plot)
+    summary = {"time_ratio": time_ratio, "memory_ratio": mem_ratio, "mt_time_ratio": mt_time, "mt_memory_ratio": mt_mem}
+    print(json.dumps({"args": vars(args), "results": results, **summary}))
     return 0
 
 

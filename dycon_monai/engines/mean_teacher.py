@@ -23,6 +23,7 @@ from monai.engines.workflow import Workflow
 from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 from torch.optim.optimizer import Optimizer
+from torch.profiler import record_function
 
 from dycon_monai.handlers.gradients import GradientNormHandler, StepEvents
 from dycon_monai.handlers.nonfinite import NonFiniteHandler, NonFiniteLossError, nonfinite_outputs
@@ -278,7 +279,8 @@ class MeanTeacherTrainer(SupervisedTrainer):
         it = state.iteration
         state.iteration_skipped = False
         state.nonfinite_outputs, state.nonfinite_detail = {}, ""
-        inputs, targets, x_u = self.streams.next_batch(engine, batchdata, unlabeled=self.semi_supervised)
+        with record_function("dycon/data_unlabeled"):
+            inputs, targets, x_u = self.streams.next_batch(engine, batchdata, unlabeled=self.semi_supervised)
         labeled_ids, unlabeled_ids = state.batch_case_ids["labeled"], state.batch_case_ids["unlabeled"]
         if self.seed is not None:
             torch.manual_seed(derive_seed(self.seed, "iteration", it))
@@ -291,7 +293,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         emb = None
-        with self._autocast():
+        with self._autocast(), record_function("dycon/student_forward"):
             if self.fecl_active:
                 logits, emb = engine.network(x, with_embeddings=True, grid_size=self.fecl_grid_size)
             else:
@@ -302,10 +304,9 @@ class MeanTeacherTrainer(SupervisedTrainer):
         t_logits = t_emb = None
         if self.teacher is not None:
             grid = self.fecl_grid_size if self._fecl_uses_teacher else None
-            t_logits, t_emb = self.teacher(x if self._teacher_on_all else x[n_l:], grid, self._autocast())
-        t_unl = None
-        if t_logits is not None:
-            t_unl = t_logits[n_l:] if self._teacher_on_all else t_logits
+            with record_function("dycon/teacher_forward"):
+                t_logits, t_emb = self.teacher(x if self._teacher_on_all else x[n_l:], grid, self._autocast())
+        t_unl = None if t_logits is None else (t_logits[n_l:] if self._teacher_on_all else t_logits)
 
         s_logits = logits.float()
         cons_w = self._consistency_ramp(it) if self.consistency_active else 0.0
@@ -354,33 +355,33 @@ class MeanTeacherTrainer(SupervisedTrainer):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Unweighted ``(loss_sup, loss_uncl, loss_fecl, loss_consistency)``; terms that are off are 0."""
         zero = s_logits.new_zeros(())
-        loss_sup = self.loss_function(s_logits[:n_l], targets).mean()
+        with record_function("dycon/loss_sup"):
+            loss_sup = self.loss_function(s_logits[:n_l], targets).mean()
         loss_uncl = loss_fecl = loss_cons = zero
         if self.uncl_active:
-            if self.uncl_on == "all":
-                loss_uncl = self.uncl_loss(s_logits, t_logits)
-            else:
-                loss_uncl = self.uncl_loss(s_logits[n_l:], t_unl)
+            s_u, t_u = (s_logits, t_logits) if self.uncl_on == "all" else (s_logits[n_l:], t_unl)
+            with record_function("dycon/loss_uncl"):
+                loss_uncl = self.uncl_loss(s_u, t_u)
         if self.consistency_active:
-            if self.consistency_on == "all":
-                s_c, t_c = s_logits, t_logits
-            else:
-                s_c, t_c = s_logits[n_l:], t_unl
-            loss_cons = F.mse_loss(torch.softmax(s_c, dim=1), torch.softmax(t_c, dim=1))
+            s_c, t_c = (s_logits, t_logits) if self.consistency_on == "all" else (s_logits[n_l:], t_unl)
+            with record_function("dycon/loss_consistency"):
+                loss_cons = F.mse_loss(torch.softmax(s_c, dim=1), torch.softmax(t_c, dim=1))
         if self.fecl_active:
             # fecl_on="unlabeled" (paper): the unlabeled part only; "all": labeled samples with their ground truth too
             start = n_l if self.fecl_on == "unlabeled" else 0
             t_map = None if t_emb is None else (t_emb[start:] if self._teacher_on_all else t_emb).float()
             probs = torch.softmax(s_logits[start:].detach(), dim=1) if self.fecl_loss.uses_entropy else None
             truth = None if start else as_plain_tensor(targets)
-            loss_fecl = self.fecl_loss.from_predictions(emb[start:].float(), t_unl, truth, t_map, probs)
+            with record_function("dycon/loss_fecl"):
+                loss_fecl = self.fecl_loss.from_predictions(emb[start:].float(), t_unl, truth, t_map, probs)
         return loss_sup, loss_uncl, loss_fecl, loss_cons
 
     def _backward_and_step(self, engine: MeanTeacherTrainer, total: torch.Tensor) -> None:
-        if self.scaler is not None:
-            self.scaler.scale(total).backward()
-        else:
-            total.backward()
+        with record_function("dycon/backward"):
+            if self.scaler is not None:
+                self.scaler.scale(total).backward()
+            else:
+                total.backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)  # e.g. gradient averaging across processes
         if self.scaler is not None:
             self.scaler.unscale_(engine.optimizer)
@@ -392,4 +393,5 @@ class MeanTeacherTrainer(SupervisedTrainer):
         elif engine.state.iteration_skipped:
             engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         else:
-            engine.optimizer.step()
+            with record_function("dycon/optimizer_step"):
+                engine.optimizer.step()

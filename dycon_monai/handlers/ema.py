@@ -9,6 +9,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 from torch import nn
+from torch.profiler import record_function
 
 from dycon_monai.networks.dycon_net import unwrap_module
 
@@ -123,5 +124,6 @@ class EMATeacherHandler:
         if getattr(engine.state, "iteration_skipped", False):
             return
         decay_t = ema_decay_at(max(engine.state.iteration - 1, 0), self.decay)
-        ema_update_(self.teacher, self.student, decay_t)
+        with record_function("dycon/ema_update"):
+            ema_update_(self.teacher, self.student, decay_t)
         engine.state.ema_decay = decay_t

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from monai.networks.nets import BasicUNet, UNet, VNet
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
+from torch.profiler import record_function
 
 from .projection import ProjectionHead
 
@@ -371,7 +372,8 @@ class DyCONNet(nn.Module):
         features = self._resize_features(features, grid_size)
         if grid_size is not None:
             check_feature_grid(features.shape, grid_size, self.feature_layer, x.shape)
-        return logits, self.head(features, grid_size=grid_size)
+        with record_function("dycon/projection_head"):
+            return logits, self.head(features, grid_size=grid_size)
 
     def _resize_features(self, features: torch.Tensor, grid_size: int | None) -> torch.Tensor:
         """Upsample the tapped map by ``feature_upsample`` and, with ``upsample_to_grid``, up to the FeCL grid."""

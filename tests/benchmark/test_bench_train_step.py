@@ -1,0 +1,35 @@
+"""benchmarks/bench_train_step.py: the step breakdown names every part of a DyCON step and adds up to the step."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_train_step.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_train_step", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("mode", ["mean_teacher", "dycon"])
+def test_breakdown_covers_the_step(mode):
+    args = argparse.Namespace(
+        mode=mode, device="cpu", batch=2, patch=[16, 16, 16], channels=[4, 8, 16], embedding_dim=8, grid=4,
+        iters=2, warmup=0, threads=0, amp=False, breakdown=True,
+    )  # fmt: skip
+    result = _bench().run_mode(args)
+    parts = result["breakdown"]["parts_s"]
+    expected = {"student_forward", "teacher_forward", "backward", "optimizer_step", "ema_update", "data_labeled"}
+    expected |= {"loss_uncl", "loss_fecl", "projection_head"} if mode == "dycon" else {"loss_consistency"}
+    assert expected <= set(parts), sorted(parts)
+    step = result["breakdown"]["s_per_iter_profiled"]
+    top = sum(v for k, v in parts.items() if k != "projection_head")
+    assert all(v >= 0 for v in parts.values()) and top == pytest.approx(step, rel=0.05)
+    assert parts["projection_head"] <= parts["student_forward"] + parts["teacher_forward"] if mode == "dycon" else True
