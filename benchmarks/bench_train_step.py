@@ -233,7 +233,10 @@ def plot_breakdown(results: dict[str, dict[str, Any]], path: str) -> None:
     ax.set_xlabel("seconds per iteration (profiled)")
     ax.legend(ncol=4, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from dycon_monai.utils.io import atomic_save_figure
+
+    atomic_save_figure(fig, path, dpi=120)
+    plt.close(fig)
     print(f"bar chart: {path}")
 
 
