@@ -224,18 +224,35 @@ class FeCLBase(_Loss):
             embeddings: ``(B, D, *grid)`` student embedding map of the whole batch.
             teacher_logits: ``(B_u, C, *spatial)`` teacher logits of the last ``B_u`` samples; their argmax is the
                 label volume of those samples (the ground truth of unlabeled cases is never needed).
-            labels: ``(B - B_u, 1, *spatial)`` ground-truth volume of the first samples, or ``None`` when
-                ``B_u == B``.
+            labels: ``(B - B_u, 1, *spatial)`` ground-truth volume of the first samples (class indices), or ``None``
+                when ``B_u == B``.
             teacher_embeddings, student_probs: as in :meth:`forward`.
+
+        Patch labels: with two classes, a patch is foreground when its mean label exceeds ``label_threshold``
+        (binary path). With ``C > 2`` classes each patch takes its majority class (the argmax of the per-class voxel
+        fractions of the one-hot volume, see :func:`~dycon_monai.losses.patches.patchify_labels`); a tie goes to the
+        lowest class index, and a mixed patch simply takes the class most of its voxels have.
+
+        Raises:
+            ValueError: a ground-truth label outside ``0 .. C - 1``.
         """
-        if teacher_logits.shape[1] > 2:
-            raise ValueError(
-                f"FeCL patch labels are binary (foreground when the mean label > {self.label_threshold}); the network "
-                f"predicts {teacher_logits.shape[1]} classes. Use a 2-class output or fecl_weight=0."
-            )
-        volumes = [] if labels is None else [labels.float()]
-        volumes.append(teacher_logits.argmax(dim=1, keepdim=True).float())
-        return self(embeddings, torch.cat(volumes, dim=0), teacher_embeddings, student_probs=student_probs)
+        n_cls = int(teacher_logits.shape[1])
+        pseudo = teacher_logits.argmax(dim=1, keepdim=True)
+        if n_cls <= 2:
+            volumes = [] if labels is None else [labels.float()]
+            volumes.append(pseudo.float())
+            return self(embeddings, torch.cat(volumes, dim=0), teacher_embeddings, student_probs=student_probs)
+        volumes = [pseudo]
+        if labels is not None:
+            truth = labels.long()
+            if truth.numel() and (int(truth.min()) < 0 or int(truth.max()) >= n_cls):
+                raise ValueError(
+                    f"{type(self).__name__}: ground-truth labels must be class indices in 0..{n_cls - 1} for a "
+                    f"{n_cls}-class network, got values in [{int(truth.min())}, {int(truth.max())}]."
+                )
+            volumes.insert(0, truth)
+        one_hot = F.one_hot(torch.cat(volumes, dim=0)[:, 0], n_cls).movedim(-1, 1).float()
+        return self(embeddings, one_hot, teacher_embeddings, student_probs=student_probs)
 
     def from_patches(
         self,
