@@ -2,7 +2,10 @@
 
 - FeCL (paper variant, top-K teacher hard negatives in the denominator, entropy weights) at B=4, D=256,
   N in {1152, 4096}, against the deliberately naive dense implementation the tests use
-  (``tests/losses/dense_fecl_reference.py``, imported by path).
+  (``tests/losses/dense_fecl_reference.py``, imported by path), and against its floor: the work no implementation
+  of the paper's loss can skip at the same sizes, in chunks of the same ``chunk`` anchors (student similarities
+  ``z z^T``, teacher similarities ``z zt^T`` for the top-K, their exponentials, and the two gradient products
+  ``G z`` and ``G^T z``), so ``ours / floor`` says how much is left to gain.
 - UnCL at B=8, C=2, 96x96x64 against an unfused, textbook transcription of Eq. 1 (softmax, log(p + eps)).
 
 Each (loss, implementation, size) runs in its own fresh Python process, so that one measurement's freed memory cannot
@@ -77,6 +80,25 @@ def _load_dense_reference():
     return module.dense_paper_fecl
 
 
+def _fecl_floor(emb, teacher, chunk: int):
+    """The matrix products and exponentials FeCL needs at these sizes (see the module docstring), nothing else."""
+    import torch
+    import torch.nn.functional as F
+
+    def floor() -> None:
+        with torch.no_grad():
+            zn, ztn = F.normalize(emb, dim=2), F.normalize(teacher, dim=2)
+            n = zn.shape[1]
+            for i0 in range(0, n, chunk):
+                zc = zn[:, i0 : i0 + chunk]
+                e = torch.bmm(zc, zn.transpose(1, 2)).exp_()  # student similarities and their exponentials
+                torch.bmm(zc, ztn.transpose(1, 2)).exp_()  # teacher similarities for the top-K hard negatives
+                torch.bmm(e, zn)  # gradient product for the anchors
+                torch.bmm(e.transpose(1, 2), zc)  # gradient product for the other patches
+
+    return floor
+
+
 def _make_case(loss: str, impl: str, size: dict, device: str):
     """Returns a zero-argument callable running one forward+backward."""
     import torch
@@ -88,6 +110,8 @@ def _make_case(loss: str, impl: str, size: dict, device: str):
         teacher = (emb.detach() + 0.5 * torch.randn(b, n, d, generator=g).to(device)).contiguous()
         labels = (torch.rand(b, n, generator=g) < 0.15).long().to(device)
         entropy = torch.rand(b, n, generator=g).to(device)
+        if impl == "floor":
+            return _fecl_floor(emb.detach(), teacher, size.get("chunk", 256))
         if impl in ("ours", "reference"):
             from dycon_monai.losses import FeCLLoss, FeCLReferenceLoss
 
@@ -241,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
             row = {"loss": loss, "size": size, "ours": ours}
             label = ", ".join(f"{k}={v}" for k, v in size.items())
             line = f"{loss.upper():4s} {label:32s} ours {ours['time_s']:7.3f} s {_mib(ours['peak_extra_bytes'])}"
+            if loss == "fecl":
+                floor = _spawn(loss, "floor", size, args)
+                row["floor"], row["floor_ratio"] = floor, ours["time_s"] / floor["time_s"]
+                line += f" | floor {floor['time_s']:7.3f} s, ours / floor {row['floor_ratio']:5.2f}x"
             if not args.skip_dense:
                 ref = _spawn(loss, baseline, size, args)
                 row[baseline] = ref
