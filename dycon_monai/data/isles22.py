@@ -3,7 +3,7 @@
 The folder layout and its scanner are in :mod:`dycon_monai.data.isles22_layout`, the file checks in
 :mod:`dycon_monai.data.isles22_files`.
 
-Splits (rules in docs/data.md):
+Splits:
 
 * **folds** - the three published DyCON folds (200 / 25 / 25 case ids, package data in ``splits/``) when the
   root holds all 250 published case ids; otherwise folds made the same way: for fold ``f`` an independent
@@ -37,7 +37,6 @@ import nibabel as nib
 import numpy as np
 
 from dycon_monai.data.isles22_files import (
-    LABEL_MAPPINGS,
     LabelMapping,
     _check_geometry,
     _check_image_data,
@@ -46,30 +45,10 @@ from dycon_monai.data.isles22_files import (
     _spatial_shape,
     resolve_label_mapping,
 )
-from dycon_monai.data.isles22_layout import (
-    MODALITIES,
-    DataError,
-    MissingFileError,
-    ScannedCase,
-    case_paths,
-    scan_isles22,
-)
+from dycon_monai.data.isles22_layout import MODALITIES, DataError, MissingFileError, case_paths, scan_isles22
 from dycon_monai.utils.io import atomic_write_json
 
-__all__ = [
-    "DataError",
-    "LABEL_MAPPINGS",
-    "MODALITIES",
-    "MissingFileError",
-    "ScannedCase",
-    "isles22_datalist",
-    "load_datalist",
-    "main",
-    "published_splits",
-    "resolve_label_mapping",
-    "save_datalist",
-    "scan_isles22",
-]
+__all__ = ["isles22_datalist", "load_datalist", "main", "published_splits", "save_datalist"]
 
 logger = logging.getLogger(__name__)
 
@@ -174,8 +153,8 @@ def isles22_datalist(
         modalities: input channels in order, from ``dwi``, ``adc``, ``flair``; DWI only by default.
         splits: ``"auto"`` (published folds if the root holds all 250 published ids, else generated),
             ``"published"``, ``"generated"``, or the path of a JSON file with ``train``/``val``/``test`` id lists.
-        label_mapping: ``None`` (masks must be {0, 1}), a name from :data:`LABEL_MAPPINGS` or a dict
-            ``{value: 0/1}``; values outside it are an error.
+        label_mapping: ``None`` (masks must be {0, 1}), a name from :data:`dycon_monai.data.LABEL_MAPPINGS` or
+            a dict ``{value: 0/1}``; values outside it are an error.
         stratify: draw the labeled subset stratified by lesion volume (default) or uniformly at random.
         affine_tolerance: largest allowed absolute difference between the DWI affine and another modality's or
             the mask's.

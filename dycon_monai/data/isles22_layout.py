@@ -11,8 +11,9 @@ Non-image files (JSON sidecars, ``participants.tsv``, ``dataset_description.json
 ignored; ``.nii`` is accepted as well as ``.nii.gz``. Anything else that looks like data but does not fit (a
 NIfTI with an unknown suffix or another case's name, a folder that is not a case, two files for one modality,
 a mask without a case) is an error naming the path. :func:`case_paths` is where every writer of this layout
-(the synthetic cohort) gets its file names; :func:`scan_isles22` reads a root; :func:`check_dataset` is the
-bundles' quick check of a ``dataset_dir`` before anything is built.
+(the synthetic cohort) gets its file names; :func:`scan_isles22` reads a root and checks it, :func:`case_folders`
+only lists its cases; :func:`check_dataset` is the bundles' quick check of a ``dataset_dir`` before anything is
+built.
 """
 
 from __future__ import annotations
@@ -22,20 +23,24 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Union
 
 __all__ = [
     "CASE_RE",
+    "DERIVATIVES",
     "DataError",
     "DatasetNotFoundError",
     "LAYOUT",
     "MODALITIES",
     "MissingFileError",
+    "RAWDATA",
     "ScannedCase",
+    "case_folders",
     "case_id",
     "case_paths",
     "check_dataset",
+    "holds_dataset",
     "scan_isles22",
 ]
 
@@ -46,6 +51,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 CASE_RE = re.compile(r"^sub-strokecase\d{4}$")
 SESSION_RE = re.compile(r"^ses-[A-Za-z0-9]+$")
 
+#: folder of the images (one sub-folder per case) and folder of the lesion masks, under the root
+RAWDATA = "rawdata"
+DERIVATIVES = "derivatives"
+DEFAULT_SESSION = "ses-0001"
 #: modality name -> (sub-folder of the session, file suffix)
 MODALITIES: dict[str, tuple[str, str]] = {"dwi": ("dwi", "dwi"), "adc": ("dwi", "adc"), "flair": ("anat", "FLAIR")}
 _MASK_SUFFIX = "msk"
@@ -97,28 +106,50 @@ def _expected_name(cid: str, ses: str, suffix: str) -> str:
     return f"{cid}_{ses}_{suffix}.nii.gz"
 
 
-DEFAULT_SESSION = "ses-0001"
-
-#: the layout, as shown in error messages
-LAYOUT = """\
-  <dataset_dir>/rawdata/sub-strokecase0001/ses-0001/dwi/sub-strokecase0001_ses-0001_dwi.nii.gz   (+ _adc, anat/_FLAIR)
-  <dataset_dir>/derivatives/sub-strokecase0001/ses-0001/sub-strokecase0001_ses-0001_msk.nii.gz"""
-
-
 def case_id(index: int) -> str:
     """ISLES'22 case id for a 1-based index, e.g. ``sub-strokecase0007``."""
     return f"sub-strokecase{index:04d}"
 
 
-def case_paths(root: PathLike, cid: str, session: str = DEFAULT_SESSION) -> dict[str, Path]:
-    """Where the files of case ``cid`` live under ``root``: modality name -> path, plus ``"label"`` (the mask)."""
-    root = Path(root)
+def _relative_paths(cid: str, session: str) -> dict[str, PurePosixPath]:
     paths = {
-        mod: root / "rawdata" / cid / session / folder / _expected_name(cid, session, suffix)
+        mod: PurePosixPath(RAWDATA, cid, session, folder, _expected_name(cid, session, suffix))
         for mod, (folder, suffix) in MODALITIES.items()
     }
-    paths["label"] = root / "derivatives" / cid / session / _expected_name(cid, session, _MASK_SUFFIX)
+    paths["label"] = PurePosixPath(DERIVATIVES, cid, session, _expected_name(cid, session, _MASK_SUFFIX))
     return paths
+
+
+def case_paths(root: PathLike, cid: str, session: str = DEFAULT_SESSION) -> dict[str, Path]:
+    """Where the files of case ``cid`` live under ``root``: modality name -> path, plus ``"label"`` (the mask)."""
+    return {key: Path(root) / rel for key, rel in _relative_paths(cid, session).items()}
+
+
+def case_folders(root: PathLike) -> list[Path]:
+    """The case folders (``sub-strokecaseXXXX``) in ``root/rawdata/``, sorted, without checking the layout.
+
+    :func:`scan_isles22` is the strict reader; this only lists (an empty list when there is no ``rawdata/``).
+    """
+    raw = Path(root) / RAWDATA
+    if not raw.is_dir():
+        return []
+    return sorted(p for p in raw.iterdir() if p.is_dir() and CASE_RE.match(p.name))
+
+
+def holds_dataset(root: PathLike) -> bool:
+    """Whether ``root`` already holds an ISLES'22 ``rawdata/`` or ``derivatives/`` folder (or file)."""
+    return (Path(root) / RAWDATA).exists() or (Path(root) / DERIVATIVES).exists()
+
+
+def _layout_lines(root: str, cid: str) -> tuple[str, str]:
+    """The DWI and mask paths of one case under ``root``, written with ``/``, for messages."""
+    rel = _relative_paths(cid, DEFAULT_SESSION)
+    return f"{root}/{rel['dwi']}", f"{root}/{rel['label']}"
+
+
+_DWI_EXAMPLE, _MASK_EXAMPLE = _layout_lines("<dataset_dir>", case_id(1))
+#: the layout, as shown in error messages
+LAYOUT = f"  {_DWI_EXAMPLE}   (+ _adc, anat/_FLAIR)\n  {_MASK_EXAMPLE}"
 
 
 def scan_isles22(root: PathLike) -> dict[str, ScannedCase]:
@@ -135,12 +166,11 @@ def scan_isles22(root: PathLike) -> dict[str, ScannedCase]:
         DataError: a stray or duplicate file or folder (the message names it and what was expected).
     """
     root = Path(root)
-    raw = root / "rawdata"
+    raw = root / RAWDATA
     if not raw.is_dir():
+        dwi, mask = _layout_lines("ROOT", "sub-strokecaseXXXX")
         raise MissingFileError(
-            f"{root} is not an ISLES'22 root: no 'rawdata' folder. Expected "
-            "ROOT/rawdata/sub-strokecaseXXXX/ses-0001/dwi/sub-strokecaseXXXX_ses-0001_dwi.nii.gz and "
-            "ROOT/derivatives/sub-strokecaseXXXX/ses-0001/sub-strokecaseXXXX_ses-0001_msk.nii.gz "
+            f"{root} is not an ISLES'22 root: no '{RAWDATA}' folder. Expected {dwi} and {mask} "
             "(make a synthetic one with: python -m dycon_monai.data.synthetic --out DIR)",
             path=raw,
         )
@@ -164,7 +194,7 @@ def scan_isles22(root: PathLike) -> dict[str, ScannedCase]:
     if not cases:
         raise MissingFileError(f"no case folders (sub-strokecaseXXXX) in {raw}", path=raw)
 
-    der = root / "derivatives"
+    der = root / DERIVATIVES
     if der.is_dir():
         for entry in sorted(der.iterdir()):
             if _ignored(entry.name):
@@ -192,11 +222,13 @@ def _single_session(case_dir: Path, cid: str) -> Path:
     if bad:
         raise DataError(f"stray folder {bad[0]} in case {cid}: expected a session folder ses-XXXX", cid, bad[0])
     if not sessions:
-        raise MissingFileError(f"case {cid} has no session folder (expected {case_dir}/ses-0001/)", cid, case_dir)
+        raise MissingFileError(
+            f"case {cid} has no session folder (expected {case_dir}/{DEFAULT_SESSION}/)", cid, case_dir
+        )
     if len(sessions) > 1:
         raise DataError(
             f"case {cid} has {len(sessions)} sessions ({', '.join(p.name for p in sessions)}) in {case_dir}; "
-            "expected one (ISLES'22 has ses-0001 only)",
+            f"expected one (ISLES'22 has {DEFAULT_SESSION} only)",
             cid,
             case_dir,
         )
@@ -277,16 +309,17 @@ def check_dataset(dataset_dir: PathLike | None, demo_command: str = "make demo")
         problem = "no dataset_dir was given"
     else:
         root = Path(str(dataset_dir)).expanduser()
-        dwi = glob.glob(str(root / "rawdata" / "sub-*" / "ses-*" / "**" / "*_dwi.nii*"), recursive=True)
-        masks = glob.glob(str(root / "derivatives" / "sub-*" / "ses-*" / "**" / "*_msk.nii*"), recursive=True)
+        dwi_name, mask_name = f"*_{MODALITIES['dwi'][1]}.nii*", f"*_{_MASK_SUFFIX}.nii*"
+        dwi = glob.glob(str(root / RAWDATA / "sub-*" / "ses-*" / "**" / dwi_name), recursive=True)
+        masks = glob.glob(str(root / DERIVATIVES / "sub-*" / "ses-*" / "**" / mask_name), recursive=True)
         if not root.is_dir():
             problem = f"dataset_dir '{dataset_dir}' does not exist or is not a folder"
-        elif not (root / "rawdata").is_dir():
-            problem = f"dataset_dir '{dataset_dir}' has no rawdata/ folder"
+        elif not (root / RAWDATA).is_dir():
+            problem = f"dataset_dir '{dataset_dir}' has no {RAWDATA}/ folder"
         elif not dwi:
-            problem = f"dataset_dir '{dataset_dir}' has no DWI images (*_dwi.nii.gz) under rawdata/sub-*/ses-*/"
+            problem = f"dataset_dir '{dataset_dir}' has no DWI images ({dwi_name[:-1]}.gz) under {RAWDATA}/sub-*/ses-*/"
         elif not masks:
-            problem = f"dataset_dir '{dataset_dir}' has no lesion masks (*_msk.nii.gz) under derivatives/sub-*/ses-*/"
+            problem = f"dataset_dir '{dataset_dir}' has no lesion masks ({mask_name[:-1]}.gz) under {DERIVATIVES}/sub-*/ses-*/"
         else:
             logger.info("Dataset %s: %d DWI images, %d masks", root, len(dwi), len(masks))
             return str(root.absolute())

@@ -30,9 +30,9 @@ Everything is a deterministic function of ``(seed, case index, spacing, preset)`
 
 The code is split by idea: :mod:`~dycon_monai.data.synthetic_anatomy` (template and deformation),
 :mod:`~dycon_monai.data.synthetic_lesions` (published facts, cohort plan, lesion growth, statistics),
-:mod:`~dycon_monai.data.synthetic_hard` (the hard preset's images), :mod:`~dycon_monai.data.synthetic_io` (layout,
-writers, preview); this module makes cases and cohorts and is the command line. Every public name stays
-importable from here.
+:mod:`~dycon_monai.data.synthetic_hard` (the hard preset's images), :mod:`~dycon_monai.data.synthetic_io` (writers,
+preview); the file paths come from :mod:`~dycon_monai.data.isles22_layout`, the owner of the ISLES'22 layout. This
+module makes cases and cohorts and is the command line. Every public name stays importable from here.
 
 Command line::
 
@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from dycon_monai.data.isles22_layout import case_id
+from dycon_monai.data.isles22_layout import case_id, holds_dataset
 from dycon_monai.data.synthetic_anatomy import _MARGIN_MM as _MARGIN_MM
 from dycon_monai.data.synthetic_anatomy import _bspline_basis as _bspline_basis
 from dycon_monai.data.synthetic_anatomy import _deform, _smooth_field, _spacing3, _template
@@ -297,7 +297,7 @@ def make_synthetic_cohort(
     sp = _spacing3(spacing)
     _check_preset(preset)
     root = Path(out_dir)
-    if not overwrite and ((root / "rawdata").exists() or (root / "derivatives").exists()):
+    if not overwrite and holds_dataset(root):
         raise FileExistsError(
             f"{root} already holds rawdata/ or derivatives/; choose a new folder or pass overwrite=True"
         )

@@ -1,13 +1,8 @@
-"""The synthetic cohort on disk: ISLES'22 layout paths, NIfTI/JSON writers and the preview picture.
+"""The synthetic cohort on disk: NIfTI writer, the files of a case and the preview picture.
 
-::
-
-    rawdata/sub-strokecaseXXXX/ses-0001/dwi/sub-strokecaseXXXX_ses-0001_dwi.nii.gz   float32
-    rawdata/sub-strokecaseXXXX/ses-0001/dwi/sub-strokecaseXXXX_ses-0001_adc.nii.gz   float32
-    derivatives/sub-strokecaseXXXX/ses-0001/sub-strokecaseXXXX_ses-0001_msk.nii.gz   uint8 {0, 1}
-
-The paths come from :func:`dycon_monai.data.isles22_layout.case_paths`, the owner of the ISLES'22 layout (``dwi``
-and ``adc`` both live in the session's ``dwi/`` folder).
+Each case is written at the ISLES'22 paths given by :func:`dycon_monai.data.isles22_layout.case_paths` (DWI and
+ADC as float32, the lesion mask as uint8 {0, 1}); the preview finds the cases with
+:func:`~dycon_monai.data.isles22_layout.case_folders`.
 """
 
 from __future__ import annotations
@@ -19,7 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from dycon_monai.data.isles22_layout import case_paths
+from dycon_monai.data.isles22_layout import RAWDATA, case_folders, case_paths
 from dycon_monai.data.synthetic_lesions import lesion_statistics
 from dycon_monai.utils.io import atomic_write_bytes
 
@@ -59,9 +54,8 @@ def save_preview(root: str | os.PathLike, out_png: str | os.PathLike, max_cases:
     import matplotlib.pyplot as plt
 
     root = Path(root)
-    case_dirs = sorted(p for p in (root / "rawdata").glob("sub-strokecase*") if p.is_dir())
     rows = []
-    for cdir in case_dirs:
+    for cdir in case_folders(root):
         cid = cdir.name
         paths = _case_paths(root, cid)
         if not paths["dwi"].exists():
@@ -73,7 +67,7 @@ def save_preview(root: str | os.PathLike, out_png: str | os.PathLike, max_cases:
     chosen = with_lesion[: max(max_cases - 1, 1)] + without[:1]
     chosen = chosen[:max_cases] if chosen else rows[:max_cases]
     if not chosen:
-        raise FileNotFoundError(f"no cases with a DWI file under {root / 'rawdata'}")
+        raise FileNotFoundError(f"no cases with a DWI file under {root / RAWDATA}")
 
     fig, axes = plt.subplots(len(chosen), 3, figsize=(9, 3 * len(chosen)), squeeze=False)
     for r, (cid, paths, lab) in enumerate(chosen):

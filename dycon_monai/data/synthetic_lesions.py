@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 #: Voxel volume (mm^3) at which the published ISLES'22 per-case lesion volumes are counted. The ISLES'22 DWI
-#: scans are close to 2 mm isotropic; we take 2 x 2 x 2 mm = 8 mm^3 (an assumption, documented in docs/data.md).
+#: scans are close to 2 mm isotropic; we take 2 x 2 x 2 mm = 8 mm^3 (an assumption).
 REFERENCE_VOXEL_VOLUME_MM3 = 8.0
 
 _SPLITS_DIR = Path(__file__).resolve().parent / "splits"

@@ -111,7 +111,7 @@ class BinarizeLabeld(MapTransform):
     Args:
         keys: label key(s).
         label_mapping: ``None`` (values must already be {0, 1}), a name from
-            :data:`dycon_monai.data.isles22.LABEL_MAPPINGS` (``"brats_whole_tumor"``: {1, 2, 4} -> 1,
+            :data:`dycon_monai.data.LABEL_MAPPINGS` (``"brats_whole_tumor"``: {1, 2, 4} -> 1,
             ``"nonzero"``: any non-zero -> 1, ...) or a dict ``{value: 0 or 1}``. Values outside the allowed set
             raise a ``ValueError`` naming the case, key and file.
         image_key: when present in the data, the label's spatial shape must equal the image's and their affines
@@ -233,6 +233,23 @@ def _crop_normalize_pad(keys: list[str], patch: tuple[int, ...]) -> list:
     ]
 
 
+def _train_chain(
+    keys: list[str],
+    label_mapping: LabelMapping,
+    pixdim: Sequence[float],
+    reader: Any,
+    patch: tuple[int, ...],
+    sampler: list,
+    augment: bool,
+) -> Compose:
+    """The training chain of both streams: load, crop / normalise / pad, ``sampler``, augmentation, tensors."""
+    chain = _load(keys, label_mapping, pixdim, reader) + _crop_normalize_pad(keys, patch) + sampler
+    if augment:
+        chain += _augment(keys, patch)
+    chain.append(_ensure(keys))
+    return Compose(chain)
+
+
 def labeled_train_transforms(
     patch_size: Sequence[int] = (96, 96, 64),
     pixdim: Sequence[float] = (2.0, 2.0, 2.0),
@@ -258,24 +275,17 @@ def labeled_train_transforms(
     """
     patch = tuple(int(p) for p in _as3(patch_size, "patch_size"))
     keys = ["image", "label"]
-    chain = _load(keys, label_mapping, pixdim, reader)
-    chain += _crop_normalize_pad(keys, patch)
-    chain += [
-        RandCropByPosNegLabeld(
-            keys=keys,
-            label_key="label",
-            spatial_size=patch,
-            pos=pos,
-            neg=neg,
-            num_samples=int(num_samples),
-            image_key="image",
-            image_threshold=-np.inf,
-        ),
-    ]
-    if augment:
-        chain += _augment(keys, patch)
-    chain.append(_ensure(keys))
-    return Compose(chain)
+    sampler = RandCropByPosNegLabeld(
+        keys=keys,
+        label_key="label",
+        spatial_size=patch,
+        pos=pos,
+        neg=neg,
+        num_samples=int(num_samples),
+        image_key="image",
+        image_threshold=-np.inf,
+    )
+    return _train_chain(keys, label_mapping, pixdim, reader, patch, [sampler], augment)
 
 
 def unlabeled_train_transforms(
@@ -292,18 +302,11 @@ def unlabeled_train_transforms(
     """
     patch = tuple(int(p) for p in _as3(patch_size, "patch_size"))
     keys = ["image"]
-    chain = _load(keys, None, pixdim, reader)
-    chain += _crop_normalize_pad(keys, patch)
     if int(num_samples) > 1:
-        chain.append(
-            RandSpatialCropSamplesd(keys=keys, roi_size=patch, num_samples=int(num_samples), random_size=False)
-        )
+        sampler = RandSpatialCropSamplesd(keys=keys, roi_size=patch, num_samples=int(num_samples), random_size=False)
     else:
-        chain.append(RandSpatialCropd(keys=keys, roi_size=patch, random_size=False))
-    if augment:
-        chain += _augment(keys, patch)
-    chain.append(_ensure(keys))
-    return Compose(chain)
+        sampler = RandSpatialCropd(keys=keys, roi_size=patch, random_size=False)
+    return _train_chain(keys, None, pixdim, reader, patch, [sampler], augment)
 
 
 def validation_transforms(

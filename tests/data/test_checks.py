@@ -21,7 +21,8 @@ from dycon_monai.data.checks import (
     is_all_zero,
     warn_if_all_zero,
 )
-from dycon_monai.data.isles22 import DataError, isles22_datalist, main
+from dycon_monai.data.isles22 import isles22_datalist, main
+from dycon_monai.data.isles22_layout import DataError
 from dycon_monai.data.transforms import (
     inference_transforms,
     labeled_train_transforms,

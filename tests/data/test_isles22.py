@@ -9,16 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from dycon_monai.data.isles22 import (
-    DataError,
-    MissingFileError,
-    isles22_datalist,
-    load_datalist,
-    main,
-    published_splits,
-    save_datalist,
-    scan_isles22,
-)
+from dycon_monai.data.isles22 import isles22_datalist, load_datalist, main, published_splits, save_datalist
+from dycon_monai.data.isles22_layout import DataError, MissingFileError, scan_isles22
 
 SES = "ses-0001"
 
