@@ -1,38 +1,34 @@
 """Semi-supervised Mean-Teacher trainer for MONAI with the DyCON losses (UnCL, FeCL) and its baselines.
 
-The trainer owns one iteration (student and teacher passes, the loss terms, backward and step); the data streams
-(:mod:`dycon_monai.engines.streams`), the method presets (:mod:`dycon_monai.engines.methods`), the non-finite policy
+The trainer owns the student and teacher passes and the loss terms of one iteration; the shared step machinery
+(batches, backward and step, AMP) is :class:`~dycon_monai.engines.semi_supervised.SemiSupervisedTrainer`, the data
+streams (:mod:`dycon_monai.engines.streams`), the method presets (:mod:`dycon_monai.engines.methods`), the non-finite policy
 (:mod:`dycon_monai.handlers.nonfinite`), the gradient norm (:mod:`dycon_monai.handlers.gradients`) and the EMA update
 (:mod:`dycon_monai.handlers.ema`) live in their own modules and attach to the engine's events.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from ignite.engine import Events
-from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
-from monai.engines.workflow import Workflow
 from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 from torch.optim.optimizer import Optimizer
 from torch.profiler import record_function
 
-from dycon_monai.handlers.gradients import GradientNormHandler, StepEvents
-from dycon_monai.handlers.nonfinite import NonFiniteHandler, NonFiniteLossError, nonfinite_outputs
+from dycon_monai.handlers.nonfinite import NonFiniteLossError, nonfinite_outputs
 from dycon_monai.losses import FeCLLoss, UnCLLoss
 from dycon_monai.networks.dycon_net import check_head_in_optimizer, unwrap_module
 from dycon_monai.utils.schedules import sigmoid_rampup
 
 from .methods import LOSS_TERMS, METHODS, OUTPUT_SCALARS, check_trainer_options, loss_terms_transform, method_weights
-from .streams import LabeledUnlabeledStreams, as_plain_tensor, check_loaders_yield, derive_seed
+from .semi_supervised import SemiSupervisedTrainer
+from .streams import as_plain_tensor
 from .teacher import NoisyTeacher
 
 __all__ = [
@@ -46,7 +42,7 @@ __all__ = [
 ]
 
 
-class MeanTeacherTrainer(SupervisedTrainer):
+class MeanTeacherTrainer(SemiSupervisedTrainer):
     """Mean-Teacher semi-supervised trainer with DyCON's UnCL and FeCL, as a MONAI ``SupervisedTrainer``.
 
     Each iteration draws a labeled batch from ``train_data_loader`` and an unlabeled one (no ``"label"`` key) from
@@ -106,6 +102,8 @@ class MeanTeacherTrainer(SupervisedTrainer):
     The bundle's ``train.json`` wires it with its handlers; ``docs/engines.md`` shows the same wiring in Python.
     """
 
+    loss_terms = LOSS_TERMS
+
     def __init__(
         self,
         device: str | torch.device,
@@ -145,8 +143,6 @@ class MeanTeacherTrainer(SupervisedTrainer):
             consistency_weight=consistency_weight, consistency_rampup=consistency_rampup,
             teacher_noise_std=teacher_noise_std, teacher_noise_clip=teacher_noise_clip,
         )  # fmt: skip
-        gradient_handler = GradientNormHandler(grad_clip_norm)
-
         self.uncl_weight = float(uncl_weight)
         self.fecl_weight = float(fecl_weight)
         self.consistency_weight = float(consistency_weight)
@@ -154,9 +150,6 @@ class MeanTeacherTrainer(SupervisedTrainer):
         self.uncl_on = uncl_on
         self.consistency_on = consistency_on
         self.fecl_on = fecl_on
-        self.grad_clip_norm = gradient_handler.clip_norm
-        self.on_nonfinite = on_nonfinite
-        self.seed = None if seed is None else int(seed)
         self.ema_decay = ema_decay
         self.ema_handler = None  # set by EMATeacherHandler.attach
 
@@ -179,7 +172,6 @@ class MeanTeacherTrainer(SupervisedTrainer):
                 "(isles22_datalist(...)['training_unlabeled'] with unlabeled_train_transforms) or use "
                 "method_weights('supervised')."
             )
-        self.unlabeled_data_loader = unlabeled_data_loader if self.semi_supervised else None
         self._fecl_uses_teacher = self.fecl_active and self.fecl_loss.uses_teacher
         self._teacher_on_all = (
             (self._fecl_uses_teacher and fecl_on == "all")
@@ -202,48 +194,24 @@ class MeanTeacherTrainer(SupervisedTrainer):
             network=network,
             optimizer=optimizer,
             loss_function=loss_function,
-            epoch_length=epoch_length,
-            train_handlers=None,  # registered below, after the stream and step handlers
+            unlabeled_data_loader=unlabeled_data_loader if self.semi_supervised else None,
+            grad_clip_norm=grad_clip_norm,
             amp=amp,
-            event_names=[*(event_names or []), StepEvents],
+            on_nonfinite=on_nonfinite,
+            seed=seed,
+            epoch_length=epoch_length,
+            train_handlers=train_handlers,
+            event_names=event_names,
             **kwargs,
         )
-        self.logger = logging.getLogger(type(self).__name__)
-        device_type = self.state.device.type if self.state.device is not None else "cpu"
-        self._device_type = device_type
-        if amp and device_type == "cpu" and "dtype" not in self.amp_kwargs:
-            warnings.warn(
-                "amp=True on a CPU device: training runs in float32. CPU bfloat16 autocast gave nondeterministic losses "
-                "and occasional NaN gradients in 3D convolutions in our tests; pass amp_kwargs={'dtype': "
-                "torch.bfloat16} to use it anyway.",
-                stacklevel=2,
-            )
-            self.amp = amp = False
-        self.scaler = torch.amp.GradScaler("cuda") if (amp and device_type == "cuda") else None
 
-        self.state.seed = self.seed
-        self.state.loss_terms = {}
-        self.streams = LabeledUnlabeledStreams(self.unlabeled_data_loader, seed=self.seed)
-        self.streams.attach(self)
-        gradient_handler.attach(self)
-        NonFiniteHandler(on_nonfinite, terms=LOSS_TERMS).attach(self)
+    def _attach_own_handlers(self) -> None:
         self.add_event_handler(Events.STARTED, self._attach_default_ema)
-        if train_handlers is not None:
-            self._register_handlers(train_handlers)
 
     @property
     def fecl_grid_size(self) -> int | None:
         """FeCL's patch grid ``k`` (the networks pool their embeddings onto it), or ``None`` when FeCL is off."""
         return self.fecl_loss.grid_size if self.fecl_loss is not None else None
-
-    def run(self) -> None:  # type: ignore[override]
-        """Run training (continues from ``state`` when resumed).
-
-        Raises:
-            ValueError: a loader that yields no batch (MONAI would skip the run with a warning only).
-        """
-        check_loaders_yield(train_data_loader=self.data_loader, unlabeled_data_loader=self.unlabeled_data_loader)
-        Workflow.run(self)
 
     def _attach_default_ema(self, engine: MeanTeacherTrainer) -> None:
         if self.teacher_network is not None and self.ema_handler is None and self.ema_decay is not None:
@@ -253,11 +221,6 @@ class MeanTeacherTrainer(SupervisedTrainer):
             self.logger.info(f"attached EMATeacherHandler(decay={self.ema_decay}) to update the teacher.")
         elif self.teacher_network is not None and self.ema_handler is None:
             self.logger.warning("the teacher is not updated by any EMATeacherHandler (ema_decay=None).")
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if not self.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self._device_type, **self.amp_kwargs)
 
     def _consistency_ramp(self, iteration: int) -> float:
         return self.consistency_weight * sigmoid_rampup(max(iteration - 1, 0), self.consistency_rampup)
@@ -273,22 +236,10 @@ class MeanTeacherTrainer(SupervisedTrainer):
                 image shapes, or a feature map smaller than the FeCL grid.
             NonFiniteLossError: a non-finite term with ``on_nonfinite="raise"``.
         """
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
+        inputs, targets, x, n_l = self._draw_batches(engine, batchdata, unlabeled=self.semi_supervised)
         state = engine.state
         it = state.iteration
-        state.iteration_skipped = False
-        state.nonfinite_outputs, state.nonfinite_detail = {}, ""
-        with record_function("dycon/data_unlabeled"):
-            inputs, targets, x_u = self.streams.next_batch(engine, batchdata, unlabeled=self.semi_supervised)
         labeled_ids, unlabeled_ids = state.batch_case_ids["labeled"], state.batch_case_ids["unlabeled"]
-        if self.seed is not None:
-            torch.manual_seed(derive_seed(self.seed, "iteration", it))
-
-        n_l = inputs.shape[0]
-        x_l = as_plain_tensor(inputs)
-        x = torch.cat([x_l, x_u.to(x_l.dtype)], dim=0) if x_u is not None else x_l
-        state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
 
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
@@ -325,23 +276,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
             total = loss_sup + self.uncl_weight * loss_uncl + self.fecl_weight * loss_fecl + cons_w * loss_cons
         beta = float(self.uncl_loss.beta) if self.uncl_loss is not None else 0.0
         terms = {"loss_sup": loss_sup, "loss_uncl": loss_uncl, "loss_fecl": loss_fecl, "loss_consistency": loss_cons}
-        state.output[Keys.LOSS] = total
-        for k, v in terms.items():
-            state.output[k] = v.detach()
-        state.output["beta"] = torch.tensor(beta)
-        state.output["consistency_weight"] = torch.tensor(cons_w)
-        state.output["grad_norm"] = torch.tensor(float("nan"))
-        stacked = torch.stack([total.detach(), *(v.detach() for v in terms.values())]).float().cpu().tolist()
-        values = dict(zip(("loss", *terms), stacked))  # one device sync for all terms
-        state.loss_terms = {**values, "beta": beta, "consistency_weight": cons_w, "grad_norm": float("nan")}
-        engine.fire_event(IterationEvents.LOSS_COMPLETED)  # NonFiniteHandler: raise, or mark the step skipped
-
-        if state.iteration_skipped:
-            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        else:
-            self._backward_and_step(engine, total)
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return state.output
+        return self._report_and_step(engine, total, terms, {"beta": beta, "consistency_weight": cons_w})
 
     def _loss_terms(
         self,
@@ -375,23 +310,3 @@ class MeanTeacherTrainer(SupervisedTrainer):
             with record_function("dycon/loss_fecl"):
                 loss_fecl = self.fecl_loss.from_predictions(emb[start:].float(), t_unl, truth, t_map, probs)
         return loss_sup, loss_uncl, loss_fecl, loss_cons
-
-    def _backward_and_step(self, engine: MeanTeacherTrainer, total: torch.Tensor) -> None:
-        with record_function("dycon/backward"):
-            if self.scaler is not None:
-                self.scaler.scale(total).backward()
-            else:
-                total.backward()
-        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)  # e.g. gradient averaging across processes
-        if self.scaler is not None:
-            self.scaler.unscale_(engine.optimizer)
-        engine.fire_event(StepEvents.GRADIENTS_READY)  # GradientNormHandler, then NonFiniteHandler
-        if self.scaler is not None:
-            # non-finite gradients are expected now and then with float16 loss scaling: the scaler skips those steps
-            self.scaler.step(engine.optimizer)
-            self.scaler.update()
-        elif engine.state.iteration_skipped:
-            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        else:
-            with record_function("dycon/optimizer_step"):
-                engine.optimizer.step()

@@ -77,12 +77,16 @@ def method_weights(method: str, eta: float = 1.0, consistency_weight: float | No
 def loss_terms_transform(output: Any) -> dict[str, float]:
     """``output_transform`` for MONAI ``StatsHandler`` / ``TensorBoardStatsHandler``: every scalar term as a float.
 
-    Accepts ``engine.state.output`` as a dict or as the decollated list of dicts (MONAI's default).
+    Accepts ``engine.state.output`` of a Mean-Teacher or a co-training trainer, as a dict or as the decollated list
+    of dicts (MONAI's default).
     """
+    from .co_methods import CO_OUTPUT_SCALARS
+
     item = output[0] if isinstance(output, (list, tuple)) and output else output
     if not isinstance(item, Mapping):
         return {}
-    return {k: float(item[k]) for k in OUTPUT_SCALARS if k in item}
+    names = dict.fromkeys([*OUTPUT_SCALARS, *CO_OUTPUT_SCALARS])  # ordered union of both trainers' scalars
+    return {k: float(item[k]) for k in names if k in item}
 
 
 def check_trainer_options(on_nonfinite: str = "raise", teacher_mode: str = "train", **options: Any) -> None:

@@ -53,23 +53,27 @@ def checkpoint_dict(trainer: Any, lr_scheduler: Any = None, **extra: Any) -> dic
 
     Keys: ``"network"`` (the bare backbone, i.e. the inference weights), ``"head"`` (the projection head),
     ``"teacher"`` (the whole EMA teacher incl. its head; absent for the supervised method, which has none),
+    ``"network_b"`` / ``"head_b"`` (the second network of a ``CoTrainingTrainer``, stored the same way),
     ``"optimizer"``, ``"lr_scheduler"`` (when given), ``"trainer"`` (the engine: iteration, epoch length, data-stream
     positions, skipped-step count), ``"scaler"`` (AMP grad scaler, when in use), plus ``extra`` objects (e.g. an
     :class:`AtomicCheckpointSaver` tracking the best metric).
 
     Args:
-        trainer: a ``MeanTeacherTrainer`` (or any engine with ``network``/``optimizer``; a network without
+        trainer: a ``MeanTeacherTrainer`` or ``CoTrainingTrainer`` (or any engine with ``network``/``optimizer``; a network without
             ``backbone``/``head`` is stored whole under ``"network"``).
         lr_scheduler: optional learning-rate scheduler.
         extra: more objects with ``state_dict``/``load_state_dict``.
     """
-    network = unwrap_module(trainer.network)
     out: dict[str, Any] = {}
-    if hasattr(network, "backbone") and hasattr(network, "head"):
-        out["network"] = network.backbone
-        out["head"] = network.head
-    else:
-        out["network"] = network
+    for suffix, net in (("", trainer.network), ("_b", getattr(trainer, "network_b", None))):
+        if net is None:
+            continue
+        network = unwrap_module(net)
+        if hasattr(network, "backbone") and hasattr(network, "head"):
+            out[f"network{suffix}"] = network.backbone
+            out[f"head{suffix}"] = network.head
+        else:
+            out[f"network{suffix}"] = network
     teacher = getattr(trainer, "teacher_network", None)
     if teacher is not None:
         out["teacher"] = teacher

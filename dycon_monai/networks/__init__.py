@@ -1,4 +1,4 @@
-"""Networks for DyCON: the projection head and the backbone wrapper that taps an intermediate feature map."""
+"""Networks for DyCON: the projection head, the backbone wrapper that taps a feature map, the co-training average."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from .dycon_net import (
     resolve_feature_layer,
     unwrap_module,
 )
+from .ensemble import ProbabilityAverage
 from .projection import ProjectionHead
 
 __all__ = [
     "DyCONNet",
     "FeatureLayer",
+    "ProbabilityAverage",
     "ProjectionHead",
     "check_feature_grid",
     "default_feature_layer",

@@ -144,7 +144,11 @@ def attach_gradient_sync(trainer: Any) -> Any:
     teacher = getattr(trainer, "teacher_network", None)
     if teacher is not None:
         _broadcast_module(teacher)
-    params = list(network.parameters())
+    network_b = getattr(trainer, "network_b", None)  # the second network of a CoTrainingTrainer
+    trained = [network] if network_b is None else [network, network_b]
+    if network_b is not None:
+        _broadcast_module(network_b)
+    params = [p for net in trained for p in net.parameters()]
 
     def sync(engine: Any) -> None:
         has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.int32)
@@ -164,7 +168,7 @@ def attach_gradient_sync(trainer: Any) -> Any:
             for g in grads:
                 g.copy_(flat[offset : offset + g.numel()].view_as(g))
                 offset += g.numel()
-        for buf in network.buffers():
+        for buf in (b for net in trained for b in net.buffers()):
             if buf.is_floating_point():
                 torch.distributed.all_reduce(buf.data)
                 buf.data /= world
