@@ -2,7 +2,8 @@
 bundle command lines of each run.
 
 Every run goes through the bundle's own configs: ``train.json`` plus the chosen override files for training, the
-same plus ``evaluate.json`` for the test split. Run folders live in ``<out>/runs/<run_name>/`` with ``train/`` and
+same plus ``evaluate.json`` for the test split. A co-training method (``cps``, ``cps_dycon``, ``dual_cce``) adds the
+bundle's ``co_training.json`` (and ``dual_cce.json``) after the chosen files, as a user would on the command line. Run folders live in ``<out>/runs/<run_name>/`` with ``train/`` and
 ``eval/`` below; the name is ``<bundle>__<method>__n<count>__s<seed>`` (``nall`` for the upper bound).
 """
 
@@ -16,9 +17,15 @@ from typing import Any
 
 from dycon_monai.bundle.workflow import WORKFLOW_NAME
 
-__all__ = ["RunSpec", "build_grid", "evaluate_command", "format_value", "run_name", "train_command"]
+__all__ = ["METHOD_CONFIGS", "RunSpec", "build_grid", "evaluate_command", "format_value", "run_name", "train_command"]
 
 UPPER_BOUND_METHOD = "supervised"
+#: the bundle config files a co-training method needs on top of ``train.json`` and the chosen ones
+METHOD_CONFIGS: dict[str, tuple[str, ...]] = {
+    "cps": ("co_training.json",),
+    "cps_dycon": ("co_training.json",),
+    "dual_cce": ("co_training.json", "dual_cce.json"),
+}
 ALL = "all"
 
 
@@ -88,8 +95,8 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def _config_files(bundle_dir: Path, configs: Sequence[str], evaluate: bool) -> str:
-    names = ["train.json", *configs] + (["evaluate.json"] if evaluate else [])
+def _config_files(bundle_dir: Path, configs: Sequence[str], evaluate: bool, method: str) -> str:
+    names = ["train.json", *configs, *METHOD_CONFIGS.get(method, ())] + (["evaluate.json"] if evaluate else [])
     paths = [str(p if Path(p).is_absolute() else bundle_dir / "configs" / p) for p in names]
     return "[" + ",".join(repr(p) for p in paths) + "]"
 
@@ -113,7 +120,14 @@ def train_command(
     """``python -m monai.bundle run`` of ``train.json`` (+ ``configs``) into ``<run_root>/<name>/train``."""
     bundle_dir = Path(bundle_dir).absolute()
     return (
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", _config_files(bundle_dir, configs, False)]
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            _config_files(bundle_dir, configs, False, spec.method),
+        ]
         + ["--workflow_name", WORKFLOW_NAME, "--bundle_root", str(bundle_dir)]
         + _common(spec, dataset_dir, overrides or {})
         + ["--output_dir", str(Path(run_root).absolute() / spec.name), "--run_name", "train", "--overwrite", "True"]
@@ -132,7 +146,14 @@ def evaluate_command(
     bundle_dir = Path(bundle_dir).absolute()
     run = Path(run_root).absolute() / spec.name
     return (
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", _config_files(bundle_dir, configs, True)]
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            _config_files(bundle_dir, configs, True, spec.method),
+        ]
         + ["--workflow_name", WORKFLOW_NAME, "--bundle_root", str(bundle_dir)]
         + _common(spec, dataset_dir, overrides or {})
         + ["--model_path", str(run / "train" / "models" / "model.pt")]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from dycon_monai.utils.flags import as_bool
+
 __all__ = [
     "CO_LOSS_TERMS",
     "CO_METHODS",
@@ -81,14 +83,14 @@ def co_training_weights(
         cps_rampup: sigmoid ramp-up length of the CPS weight, in iterations.
         switches: seed 003's ablation switches (:data:`DUAL_CCE_SWITCHES`: ``cps``, ``efs``, ``cce``, ``pgl``,
             ``ue``, ``cr``): ``False`` turns the term(s) off, ``True`` on with seed 003's weight, ``None`` keeps the
-            preset. They apply to every method (e.g. ``cps`` with ``pgl=True``).
+            preset (the command-line strings ``"true"`` / ``"false"`` / ``"null"`` mean the same). They apply to every method (e.g. ``cps`` with ``pgl=True``).
 
     Returns:
         ``{"cps_weight", "efs_weight", "une_weight", "pgl_weight", "cr_weight", "uncl_weight", "fecl_weight",
         "cps_rampup"}``.
 
     Raises:
-        ValueError: an unknown method or switch, a switch that is not a bool / ``None``, or a negative ``eta``.
+        ValueError: an unknown method or switch, a switch that is not a boolean / ``None``, or a negative ``eta``.
     """
     if method not in CO_METHODS:
         raise ValueError(f"unknown co-training method {method!r}; expected one of {sorted(CO_METHODS)}.")
@@ -100,10 +102,9 @@ def co_training_weights(
     for name, on in switches.items():
         if name not in DUAL_CCE_SWITCHES:
             raise ValueError(f"unknown ablation switch {name!r}; expected one of {sorted(DUAL_CCE_SWITCHES)}.")
-        if on is None:
+        if on is None or (isinstance(on, str) and on.strip().lower() in ("null", "none")):
             continue
-        if not isinstance(on, bool):
-            raise ValueError(f"ablation switch {name} must be true, false or null, got {on!r}.")
+        on = as_bool(on, f"ablation switch {name}")
         for key in DUAL_CCE_SWITCHES[name]:
             weights[key] = _DUAL_CCE[key] if on else 0.0
     weights["cps_rampup"] = 0.0 if method == "dual_cce" else float(cps_rampup)

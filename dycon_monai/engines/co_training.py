@@ -40,6 +40,8 @@ from .streams import as_plain_tensor
 
 __all__ = ["CoTrainingTrainer"]
 
+#: ``pgl_schedule`` -> exponent of ``prototype_weight`` (``None``: constant weight)
+_PGL_SCHEDULES = {"paper": 4.0, "rampup": -4.0, "constant": None}
 _WEIGHTS = ("cps_weight", "efs_weight", "une_weight", "pgl_weight", "cr_weight", "uncl_weight", "fecl_weight")
 
 
@@ -93,8 +95,9 @@ class CoTrainingTrainer(SemiSupervisedTrainer):
         cps_weight, efs_weight, une_weight, pgl_weight, cr_weight, uncl_weight, fecl_weight: the term weights
             (:func:`~dycon_monai.engines.co_training_weights` gives them per method).
         cps_rampup: sigmoid ramp-up length of the CPS weight, in iterations (0 = none).
-        pgl_schedule: ``"paper"`` multiplies ``pgl_weight`` by seed 003's ``lambda_c(t)``
-            (:func:`~dycon_monai.losses.prototype_weight`), ``"constant"`` does not.
+        pgl_schedule: ``"paper"`` multiplies ``pgl_weight`` by seed 003's ``lambda_c(t) = 0.1 exp(4 (1 - t/T)^2)`` as
+            printed (:func:`~dycon_monai.losses.prototype_weight`; it falls from 5.46 to 0.1), ``"rampup"`` by the
+            usual ramp-up reading ``0.1 exp(-4 (1 - t/T)^2)`` (0.002 rising to 0.1), ``"constant"`` by nothing.
         cps_loss, efs_loss, une_loss, pgl_loss, cr_loss, uncl_loss, fecl_loss: the loss modules; built with the
             papers' defaults when their term is on and they are not given (EFS: a
             :class:`~dycon_monai.losses.CrossPseudoSupervisionLoss` with the 70th entropy percentile, seed 003's LA
@@ -148,8 +151,8 @@ class CoTrainingTrainer(SemiSupervisedTrainer):
         check_trainer_options(
             on_nonfinite=on_nonfinite, uncl_on=uncl_on, fecl_on=fecl_on, cps_rampup=cps_rampup, **weights
         )
-        if pgl_schedule not in ("paper", "constant"):
-            raise ValueError(f"pgl_schedule must be 'paper' or 'constant', got {pgl_schedule!r}.")
+        if pgl_schedule not in _PGL_SCHEDULES:
+            raise ValueError(f"pgl_schedule must be one of {sorted(_PGL_SCHEDULES)}, got {pgl_schedule!r}.")
         if not isinstance(network_b, nn.Module):
             raise TypeError(f"CoTrainingTrainer network_b must be a torch.nn.Module, got {type(network_b).__name__}.")
         if unwrap_module(network_b) is unwrap_module(network):
@@ -160,6 +163,7 @@ class CoTrainingTrainer(SemiSupervisedTrainer):
         self.pgl_schedule = pgl_schedule
         self.uncl_on, self.fecl_on = uncl_on, fecl_on
         self.network_b = network_b
+        self.teacher_network = None  # no EMA teacher: an EMATeacherHandler in a shared handler list does nothing
         on = {name[: -len("_weight")]: float(w) > 0 for name, w in weights.items()}
         self.active = on
         self.cps_loss = (cps_loss or CrossPseudoSupervisionLoss()) if on["cps"] else None
@@ -214,12 +218,12 @@ class CoTrainingTrainer(SemiSupervisedTrainer):
         return self.cps_weight * sigmoid_rampup(max(iteration - 1, 0), self.cps_rampup)
 
     def pgl_ramp(self, iteration: int) -> float:
-        """The prototype-loss weight at ``iteration``: ``pgl_weight`` times seed 003's ``lambda_c(t)``."""
-        if self.pgl_schedule == "constant":
+        """The prototype-loss weight at ``iteration``: ``pgl_weight`` times ``lambda_c(t)`` of ``pgl_schedule``."""
+        exponent = _PGL_SCHEDULES[self.pgl_schedule]
+        if exponent is None:
             return self.pgl_weight
-        return self.pgl_weight * prototype_weight(
-            max(iteration - 1, 0), int(self.state.max_epochs * self.state.epoch_length)
-        )
+        total = int(self.state.max_epochs * self.state.epoch_length)
+        return self.pgl_weight * prototype_weight(max(iteration - 1, 0), total, exponent=exponent)
 
     def _forward(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.active["pgl"]:  # full embedding maps; FeCL pools them onto its grid itself

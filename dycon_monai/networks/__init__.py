@@ -12,7 +12,7 @@ from .dycon_net import (
     resolve_feature_layer,
     unwrap_module,
 )
-from .ensemble import ProbabilityAverage
+from .ensemble import ProbabilityAverage, check_patch_divisible
 from .projection import ProjectionHead
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "ProbabilityAverage",
     "ProjectionHead",
     "check_feature_grid",
+    "check_patch_divisible",
     "default_feature_layer",
     "encoder_feature_layer",
     "infer_feature_channels",

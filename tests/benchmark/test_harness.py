@@ -47,6 +47,22 @@ def test_commands_use_the_bundle_configs_and_overrides(tmp_path):
     assert ev[ev.index("--run_name") + 1] == "eval" and train[train.index("--run_name") + 1] == "train"
 
 
+
+def test_co_training_methods_add_their_bundle_configs_after_the_chosen_ones(tmp_path):
+    bundle = REPO / "bundles" / "dycon_la"
+    expected = {
+        "cps": ["train.json", "cpu_quick.json", "co_training.json"],
+        "dual_cce": ["train.json", "cpu_quick.json", "co_training.json", "dual_cce.json"],
+        "mean_teacher": ["train.json", "cpu_quick.json"],
+    }
+    for method, names in expected.items():
+        spec = build_grid("dycon_la", [method], [4], [0], upper_bound=False)[0]
+        train = train_command(spec, bundle, "/data", tmp_path, ["cpu_quick.json"], {})
+        ev = evaluate_command(spec, bundle, "/data", tmp_path, ["cpu_quick.json"], {})
+        assert [Path(f).name for f in eval(train[train.index("--config_file") + 1])] == names
+        assert [Path(f).name for f in eval(ev[ev.index("--config_file") + 1])] == [*names, "evaluate.json"]
+        assert all((bundle / "configs" / n).is_file() for n in names)
+
 # ------------------------------------------------------------------------------------- fabricated run folders
 
 CASES = [f"c{i}" for i in range(5)]

@@ -160,7 +160,7 @@ def test_ablation_switches_set_seed_003_terms():
 
 def test_probability_average_serves_the_mean_of_both_networks():
     a, b = make_net(0).backbone.eval(), make_net(1).backbone.eval()
-    both = ProbabilityAverage(a, b).eval()
+    both = ProbabilityAverage([a, b]).eval()
     x = torch.randn(2, 1, 16, 16, 16)
     with torch.no_grad():
         expected = (torch.softmax(a(x), 1) + torch.softmax(b(x), 1)) / 2
@@ -168,7 +168,7 @@ def test_probability_average_serves_the_mean_of_both_networks():
     torch.testing.assert_close(torch.softmax(out, 1), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.exp(), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="at least two networks"):
-        ProbabilityAverage(a)
+        ProbabilityAverage([a])
 
 
 PATCH, PIXDIM = (16, 16, 16), (6.0, 6.0, 6.0)
@@ -209,3 +209,28 @@ def test_unlabeled_label_files_deleted_or_garbage_give_identical_losses(syntheti
             img = nib.load(path)
             nib.save(nib.Nifti1Image(rng.integers(0, 9, size=img.shape).astype(np.float32), img.affine), path)
     assert _run_on(datalist, method) == clean
+
+
+def test_pgl_schedules_and_patch_check():
+    trainer = _trainer("dual_cce", pgl_schedule="rampup")
+    trainer.state.max_epochs, trainer.state.epoch_length = 1, 100
+    assert trainer.pgl_ramp(1) == pytest.approx(0.1 * np.exp(-4.0))
+    assert trainer.pgl_ramp(101) == pytest.approx(0.1)
+    assert _trainer("dual_cce", pgl_schedule="constant").pgl_ramp(1) == 1.0
+    with pytest.raises(ValueError, match="pgl_schedule must be one of"):
+        _trainer("dual_cce", pgl_schedule="cosine")
+    from dycon_monai.networks import check_patch_divisible
+
+    check_patch_divisible([96, 96, 64], 32, "FlexibleUNet")
+    with pytest.raises(
+        ValueError, match=r"patch_size \[112, 112, 80\] does not suit FlexibleUNet.*\[96, 96, 64\] or \[128, 128, 96\]"
+    ):
+        check_patch_divisible([112, 112, 80], 32, "FlexibleUNet")
+
+
+def test_ablation_switches_accept_command_line_strings():
+    assert co_training_weights("dual_cce", pgl="false", cr="null")["pgl_weight"] == 0.0
+    assert co_training_weights("dual_cce", cr="null")["cr_weight"] == 0.5
+    assert co_training_weights("cps", ue="true")["une_weight"] == 1.0
+    with pytest.raises(ValueError, match="ablation switch pgl"):
+        co_training_weights("dual_cce", pgl="maybe")
