@@ -47,7 +47,6 @@ def test_commands_use_the_bundle_configs_and_overrides(tmp_path):
     assert ev[ev.index("--run_name") + 1] == "eval" and train[train.index("--run_name") + 1] == "train"
 
 
-
 def test_co_training_methods_add_their_bundle_configs_after_the_chosen_ones(tmp_path):
     bundle = REPO / "bundles" / "dycon_la"
     expected = {
@@ -62,6 +61,7 @@ def test_co_training_methods_add_their_bundle_configs_after_the_chosen_ones(tmp_
         assert [Path(f).name for f in eval(train[train.index("--config_file") + 1])] == names
         assert [Path(f).name for f in eval(ev[ev.index("--config_file") + 1])] == [*names, "evaluate.json"]
         assert all((bundle / "configs" / n).is_file() for n in names)
+
 
 # ------------------------------------------------------------------------------------- fabricated run folders
 
