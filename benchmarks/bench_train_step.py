@@ -1,4 +1,4 @@
-"""Price of DyCON per training iteration: supervised, Mean-Teacher and DyCON steps, same network and batch.
+"""Price of DyCON per training iteration: supervised, Mean-Teacher, DyCON and co-training steps, same batch.
 
 Both steps run through ``MeanTeacherTrainer`` on the same ``DyCONNet`` (MONAI UNet + projection head) and the same
 batch size: the supervised step trains on ``B`` labeled patches (Dice+CE only, no teacher); the DyCON step on
@@ -6,6 +6,10 @@ batch size: the supervised step trains on ``B`` labeled patches (Dice+CE only, n
 ``k^3`` patch grid (embedding 256, top-K hard negatives, entropy weights) and the EMA update. Each mode runs in its
 own subprocess of this run (so peak memory is measured per mode) and the script prints seconds per iteration, peak
 memory and the ratios against the supervised and the Mean-Teacher step.
+
+The co-training modes (``cps``, ``cps_dycon``, ``dual_cce``) run ``CoTrainingTrainer`` on the same batch: ``cps`` and
+``cps_dycon`` on two instances of the same ``DyCONNet``, ``dual_cce`` on seed 003's pair (ResNet34 ``FlexibleUNet``
++ ``VNet``, decoder taps, embedding 64; every patch side a multiple of 32). ``--modes`` picks a subset.
 
 ``--breakdown`` also profiles as many further iterations per mode (``torch.profiler``, CPU activities) and splits the
 step into the trainer's named ranges (``dycon/...``: student forward, teacher forward, UnCL, FeCL, backward,
@@ -37,6 +41,9 @@ import sys
 import time
 from typing import Any
 
+MT_MODES = ("supervised", "mean_teacher", "dycon")
+CO_MODES = ("cps", "cps_dycon", "dual_cce")
+
 
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
@@ -63,7 +70,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     from monai.losses import DiceCELoss
     from monai.networks.nets import UNet
 
-    from dycon_monai.engines import MeanTeacherTrainer, method_weights
+    from dycon_monai.engines import CoTrainingTrainer, MeanTeacherTrainer, co_training_weights, method_weights
     from dycon_monai.losses import FeCLLoss, UnCLLoss
     from dycon_monai.networks import DyCONNet
 
@@ -72,9 +79,23 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     torch.manual_seed(0)
     channels = tuple(args.channels)
-    backbone = UNet(3, 1, 2, channels=channels, strides=(2,) * (len(channels) - 1), num_res_units=2)
-    net = DyCONNet(backbone, embedding_dim=args.embedding_dim).to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+
+    def unet() -> DyCONNet:
+        backbone = UNet(3, 1, 2, channels=channels, strides=(2,) * (len(channels) - 1), num_res_units=2)
+        return DyCONNet(backbone, embedding_dim=args.embedding_dim).to(device)
+
+    co_training = args.mode in CO_MODES
+    if args.mode == "dual_cce":
+        from monai.networks.nets import FlexibleUNet, VNet
+
+        a = FlexibleUNet(1, 2, backbone="resnet34", pretrained=False, spatial_dims=3)
+        net = DyCONNet(a, "decoder.blocks.3", 32, embedding_dim=64).to(device)
+        net_b = DyCONNet(VNet(3, 1, 2), "decoder", embedding_dim=64).to(device)
+    else:
+        net = unet()
+        net_b = unet() if co_training else None
+    params = list(net.parameters()) + (list(net_b.parameters()) if net_b is not None else [])
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
 
     patch = tuple(args.patch)
     n_lab = args.batch if args.mode == "supervised" else args.batch // 2  # Mean-Teacher and DyCON: half and half
@@ -89,21 +110,24 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
 
     labeled = [batch(n_lab, True)] * total
     unlabeled = [batch(n_unl, False)] * total if n_unl else None
-    weights = method_weights(args.mode)
-    trainer = MeanTeacherTrainer(
-        device=device,
-        max_epochs=1,
-        train_data_loader=labeled,
-        network=net,
-        optimizer=opt,
-        loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
-        unlabeled_data_loader=unlabeled,
-        uncl_loss=UnCLLoss(),
-        fecl_loss=FeCLLoss(gamma=0.5, grid_size=args.grid),
-        amp=args.amp,
-        decollate=False,
-        **weights,
-    )
+    common = {
+        "device": device,
+        "max_epochs": 1,
+        "train_data_loader": labeled,
+        "network": net,
+        "optimizer": opt,
+        "loss_function": DiceCELoss(to_onehot_y=True, softmax=True),
+        "unlabeled_data_loader": unlabeled,
+        "uncl_loss": UnCLLoss(),
+        "fecl_loss": FeCLLoss(gamma=0.5, grid_size=args.grid),
+        "amp": args.amp,
+        "decollate": False,
+    }
+    if co_training:
+        weights = co_training_weights(args.mode, cps_rampup=0)
+        trainer = CoTrainingTrainer(network_b=net_b, **common, **weights)
+    else:
+        trainer = MeanTeacherTrainer(**common, **method_weights(args.mode))
     cuda = device.type == "cuda"
     times: list[float] = []
     marks: dict[str, float] = {}
@@ -185,8 +209,15 @@ _PART_ORDER = (
     "data_unlabeled",
     "student_forward",
     "teacher_forward",
+    "network_a_forward",
+    "network_b_forward",
     "projection_head",
     "loss_sup",
+    "loss_cr",
+    "loss_cps",
+    "loss_efs",
+    "loss_une",
+    "loss_pgl",
     "loss_uncl",
     "loss_fecl",
     "loss_consistency",
@@ -255,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--breakdown", action="store_true", help="also profile and split each step into its parts")
     parser.add_argument("--plot", default=None, help="with --breakdown: write a bar chart PNG here")
-    parser.add_argument("--mode", choices=("supervised", "mean_teacher", "dycon"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--modes", nargs="+", choices=MT_MODES + CO_MODES, default=list(MT_MODES + CO_MODES), help="steps to time"
+    )
+    parser.add_argument("--mode", choices=MT_MODES + CO_MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quick = args.quick
     args.patch = args.patch or ([32, 32, 32] if quick else [96, 96, 64])
@@ -272,8 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_mode(args)))
         return 0
 
+    modes = [m for m in MT_MODES + CO_MODES if m in args.modes or m in ("supervised", "mean_teacher")]
     results = {}
-    for mode in ("supervised", "mean_teacher", "dycon"):
+    for mode in modes:
         cmd = [sys.executable, os.path.abspath(__file__), "--mode", mode, "--device", args.device]
         cmd += ["--batch", str(args.batch), "--patch", *map(str, args.patch), "--channels", *map(str, args.channels)]
         cmd += ["--embedding-dim", str(args.embedding_dim), "--grid", str(args.grid), "--iters", str(args.iters)]
@@ -285,26 +320,37 @@ def main(argv: list[str] | None = None) -> int:
             return proc.returncode
         results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
 
-    sup, mt, dyc = results["supervised"], results["mean_teacher"], results["dycon"]
+    sup, mt = results["supervised"], results["mean_teacher"]
     print(
-        f"device: {dyc['device']} | batch {args.batch} (DyCON {dyc['labeled']}+{dyc['unlabeled']}), patch "
+        f"device: {mt['device']} | batch {args.batch} (semi-supervised {mt['labeled']}+{mt['unlabeled']}), patch "
         f"{'x'.join(map(str, args.patch))}, UNet{tuple(args.channels)}, embedding {args.embedding_dim}, grid "
         f"{args.grid}^3, amp={args.amp}, {args.iters} timed iterations after {args.warmup} warm-up"
     )
-    print(f"{'step':<12}{'s/iter (median)':>18}{'s/iter (mean)':>16}{'peak extra MB':>16}")
-    for name, r in (("supervised", sup), ("mean_teacher", mt), ("dycon", dyc)):
-        print(f"{name:<12}{r['s_per_iter_median']:>18.3f}{r['s_per_iter_mean']:>16.3f}{r['peak_extra_mb']:>16.1f}")
-    time_ratio = dyc["s_per_iter_median"] / sup["s_per_iter_median"]
-    mem_ratio = dyc["peak_extra_mb"] / sup["peak_extra_mb"] if sup["peak_extra_mb"] > 0 else float("nan")
-    mt_time = dyc["s_per_iter_median"] / mt["s_per_iter_median"]
-    mt_mem = dyc["peak_extra_mb"] / mt["peak_extra_mb"] if mt["peak_extra_mb"] > 0 else float("nan")
-    print(f"ratio dycon/supervised: time {time_ratio:.2f}x, peak memory {mem_ratio:.2f}x")
-    print(f"ratio dycon/mean_teacher: time {mt_time:.2f}x, peak memory {mt_mem:.2f}x")
+    print(
+        f"{'step':<12}{'s/iter (median)':>18}{'s/iter (mean)':>16}{'peak extra MB':>16}{'time / MT':>11}{'mem / MT':>10}"
+    )
+    ratios: dict[str, dict[str, float]] = {}
+    for name, r in results.items():
+        t = r["s_per_iter_median"] / mt["s_per_iter_median"]
+        m = r["peak_extra_mb"] / mt["peak_extra_mb"] if mt["peak_extra_mb"] > 0 else float("nan")
+        ratios[name] = {"time_vs_mean_teacher": t, "memory_vs_mean_teacher": m}
+        print(
+            f"{name:<12}{r['s_per_iter_median']:>18.3f}{r['s_per_iter_mean']:>16.3f}{r['peak_extra_mb']:>16.1f}"
+            f"{t:>10.2f}x{m:>9.2f}x"
+        )
+    summary: dict[str, Any] = {"ratios": ratios}
+    if "dycon" in results:
+        dyc = results["dycon"]
+        time_ratio = dyc["s_per_iter_median"] / sup["s_per_iter_median"]
+        mem_ratio = dyc["peak_extra_mb"] / sup["peak_extra_mb"] if sup["peak_extra_mb"] > 0 else float("nan")
+        mt_time, mt_mem = ratios["dycon"]["time_vs_mean_teacher"], ratios["dycon"]["memory_vs_mean_teacher"]
+        print(f"ratio dycon/supervised: time {time_ratio:.2f}x, peak memory {mem_ratio:.2f}x")
+        print(f"ratio dycon/mean_teacher: time {mt_time:.2f}x, peak memory {mt_mem:.2f}x")
+        summary.update(time_ratio=time_ratio, memory_ratio=mem_ratio, mt_time_ratio=mt_time, mt_memory_ratio=mt_mem)
     if args.breakdown:
         print_breakdown(results)
         if args.plot:
             plot_breakdown(results, args.plot)
-    summary = {"time_ratio": time_ratio, "memory_ratio": mem_ratio, "mt_time_ratio": mt_time, "mt_memory_ratio": mt_mem}
     print(json.dumps({"args": vars(args), "results": results, **summary}))
     return 0
 

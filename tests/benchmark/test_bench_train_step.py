@@ -33,3 +33,23 @@ def test_breakdown_covers_the_step(mode):
     top = sum(v for k, v in parts.items() if k != "projection_head")
     assert all(v >= 0 for v in parts.values()) and top == pytest.approx(step, rel=0.05)
     assert parts["projection_head"] <= parts["student_forward"] + parts["teacher_forward"] if mode == "dycon" else True
+
+
+@pytest.mark.parametrize("mode", ["cps", "cps_dycon", pytest.param("dual_cce", marks=pytest.mark.slow)])
+def test_co_training_breakdown_covers_the_step(mode):
+    args = argparse.Namespace(
+        mode=mode, device="cpu", batch=2, patch=[32, 32, 32] if mode == "dual_cce" else [16, 16, 16],
+        channels=[4, 8, 16], embedding_dim=8, grid=4, iters=1, warmup=0, threads=0, amp=False, breakdown=True,
+    )  # fmt: skip
+    result = _bench().run_mode(args)
+    parts = result["breakdown"]["parts_s"]
+    expected = {"network_a_forward", "network_b_forward", "loss_sup", "loss_cps", "backward", "optimizer_step"}
+    expected |= {"cps": set(), "cps_dycon": {"loss_uncl", "loss_fecl"}}.get(
+        mode, {"loss_efs", "loss_une", "loss_pgl", "loss_cr"}
+    )
+    assert expected <= set(parts), sorted(parts)
+    assert "teacher_forward" not in parts and "ema_update" not in parts
+    step = result["breakdown"]["s_per_iter_profiled"]
+    top = sum(v for k, v in parts.items() if k != "projection_head")
+    assert top == pytest.approx(step, rel=0.05)
+    assert result["losses"]["loss_cps"] > 0
