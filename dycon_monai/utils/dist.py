@@ -29,6 +29,7 @@ __all__ = [
     "broadcast_from_rank0",
     "check_identical_across_ranks",
     "rank_and_world_size",
+    "trained_modules",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,17 @@ def _module_digest(module: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def trained_modules(trainer: Any) -> dict[str, torch.nn.Module]:
+    """The networks of ``trainer`` that must stay identical across ranks: ``{"student": network}``, plus
+    ``"teacher"`` (a Mean-Teacher trainer with a teacher) and ``"network_b"`` (a co-training trainer)."""
+    out = {"student": trainer.network}
+    for name, attr in (("teacher", "teacher_network"), ("network_b", "network_b")):
+        module = getattr(trainer, attr, None)
+        if module is not None:
+            out[name] = module
+    return out
 
 
 def check_identical_across_ranks(

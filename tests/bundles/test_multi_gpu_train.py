@@ -22,12 +22,14 @@ MULTI_GPU_TINY = {**TINY, "max_iterations": 3}
 
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
-def test_torchrun_two_processes_keep_identical_teacher(synthetic_cohort, tmp_path):
+@pytest.mark.parametrize("framework", ["mean_teacher", "co_training"])
+def test_torchrun_two_processes_keep_identical_teacher(synthetic_cohort, tmp_path, framework):
     torchrun = shutil.which("torchrun")
     launcher = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
     tiny = tmp_path / "tiny.json"
     tiny.write_text(json.dumps(MULTI_GPU_TINY))
-    configs = repr([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json"), str(tiny)])
+    extra = [str(CONFIGS / "co_training.json")] if framework == "co_training" else []
+    configs = repr([str(CONFIGS / "train.json"), *extra, str(CONFIGS / "multi_gpu_train.json"), str(tiny)])
     cmd = [
         *launcher,
         "--standalone",
@@ -53,7 +55,7 @@ def test_torchrun_two_processes_keep_identical_teacher(synthetic_cohort, tmp_pat
 
     run = tmp_path / "runs" / "ddp"
     check = json.loads((run / "distributed_check.json").read_text())
-    for name in ("student", "teacher"):
+    for name in ("student", "teacher") if framework == "mean_teacher" else ("student", "network_b"):
         assert check[name]["ranks"] == 2 and check[name]["identical"], check
         assert len(set(check[name]["sha256"])) == 1
     info = json.loads((run / "run_info.json").read_text())
@@ -61,5 +63,7 @@ def test_torchrun_two_processes_keep_identical_teacher(synthetic_cohort, tmp_pat
     # one run folder shared by both ranks, written by rank 0 only
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp"]
     ckpt = torch.load(run / "models" / "checkpoint_final_iteration=3.pt", map_location="cpu", weights_only=False)
-    assert ckpt["trainer"]["iteration"] == 3 and "teacher" in ckpt
+    assert ckpt["trainer"]["iteration"] == 3 and (
+        "teacher" in ckpt if framework == "mean_teacher" else "network_b" in ckpt
+    )
     assert (run / "models" / "model.pt").is_file()
