@@ -160,3 +160,27 @@ def test_isles_co_training_saves_all_three_models_at_the_best_validation(synthet
     assert (models / "model_b.pt").is_file()
     for k in a:
         assert torch.equal(average[f"networks.0.{k}"], a[k])  # the same validation snapshot
+
+
+def test_la_ckpt_export_of_the_average_matches_eager(la_co_run, tiny, tmp_path):
+    configs = BUNDLES["la"] / "configs"
+    ts = tmp_path / "average.ts"
+    files = [str(configs / "inference.json"), str(tiny["la"]), str(configs / "serve_average.json")]
+    _run(
+        [sys.executable, "-m", "monai.bundle", "ckpt_export", "network", "--config_file", repr(files)]
+        + ["--filepath", str(ts), "--ckpt_file", str(la_co_run / "models" / "model_average.pt")]
+        + ["--meta_file", str(configs / "metadata.json"), "--bundle_root", str(BUNDLES["la"])]
+    )
+    scripted = torch.jit.load(str(ts), map_location="cpu").eval()
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(files)
+    parser["device"] = "cpu"
+    eager = parser.get_parsed_content("network").eval()
+    eager.load_state_dict(torch.load(la_co_run / "models" / "model_average.pt", weights_only=True))
+    x = torch.randn(1, 1, 32, 32, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), eager(x))
+        probs = torch.softmax(scripted(x), 1)
+    torch.testing.assert_close(probs.sum(1), torch.ones(1, 32, 32, 16))
