@@ -12,6 +12,7 @@ are refused: labels of unlabeled cases never reach training.
 from __future__ import annotations
 
 import random
+import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -209,6 +210,7 @@ class LabeledUnlabeledStreams:
         if self.engine is None or self.unlabeled_loader is None:
             raise RuntimeError("next_unlabeled needs an unlabeled loader and an attached engine.")
         state = self.engine.state
+        start = time.perf_counter()
         if self._unlabeled_iter is None:
             self._open_unlabeled()
         try:
@@ -221,6 +223,8 @@ class LabeledUnlabeledStreams:
                 batch = next(self._unlabeled_iter)  # type: ignore[arg-type]
             except StopIteration:
                 raise ValueError("unlabeled_data_loader yields no batch; check the unlabeled datalist.") from None
+        # seconds spent waiting for unlabeled batches, read by DataWaitHandler (not part of the checkpointed state)
+        state.unlabeled_wait_s = getattr(state, "unlabeled_wait_s", 0.0) + time.perf_counter() - start
         state.unlabeled_position += 1
         check_unlabeled_batch(batch, state.iteration)
         return batch

@@ -1,4 +1,5 @@
-"""Ignite handlers for DyCON training: EMA teacher, schedules, gradient norm, non-finite policy, checkpoints, metrics."""
+"""Ignite handlers for DyCON training: EMA teacher, schedules, gradient norm, non-finite policy, checkpoints, metrics,
+data wait."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ from .metrics_writer import CaseMetricsWriter
 from .nonfinite import NonFiniteHandler, NonFiniteLossError
 from .progress import IterationLimitHandler, LossProgressBar
 from .schedule import BetaScheduleHandler, FeCLEpochHandler, ScheduleHandler
+from .timing import DataWaitHandler
 
 __all__ = [
     "AtomicCheckpointSaver",
     "BetaScheduleHandler",
     "CaseMetricsWriter",
+    "DataWaitHandler",
     "EMATeacherHandler",
     "FeCLEpochHandler",
     "GradientNormHandler",
