@@ -1,4 +1,4 @@
-"""Datasets: ISLES'22 and LA 2018 scanners and splits, synthetic cohorts, readers, MONAI transform chains.
+"""Datasets: ISLES'22, LA 2018 and BraTS 2019 scanners and splits, synthetic cohorts, readers, MONAI transform chains.
 
 Submodules are imported lazily, so ``python -m dycon_monai.data.synthetic`` and ``python -m
 dycon_monai.data.isles22`` run without importing each other (and MONAI is only imported for the transforms).
@@ -10,6 +10,13 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "brats19_datalist",
+    "brats19_inference_datalist",
+    "brats_inference_transforms",
+    "brats_label_loader",
+    "brats_train_transforms",
+    "make_synthetic_brats",
+    "scan_brats19",
     "BinarizeLabeld",
     "DatasetNotFoundError",
     "check_dataset",
@@ -33,6 +40,13 @@ __all__ = [
 ]
 
 _WHERE = {
+    "brats19_datalist": "brats19",
+    "brats19_inference_datalist": "brats19",
+    "scan_brats19": "brats19",
+    "brats_train_transforms": "brats19_transforms",
+    "brats_inference_transforms": "brats19_transforms",
+    "brats_label_loader": "brats19_transforms",
+    "make_synthetic_brats": "synthetic_brats",
     "H5Reader": "h5",
     "DatasetNotFoundError": "isles22_layout",
     "check_dataset": "isles22_layout",
