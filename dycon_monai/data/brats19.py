@@ -19,11 +19,9 @@ package data. Training cases split into a labeled subset (``labeled_count`` case
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any, Union
 
@@ -31,7 +29,7 @@ import numpy as np
 
 from .isles22_files import check_label_values
 from .isles22_layout import DataError, MissingFileError
-from .la2018 import _n_labeled
+from .subsets import LABELED_SELECTIONS, choose_labeled, labeled_count_of, load_split_file, read_split_list
 
 __all__ = [
     "BRATS_LABELS",
@@ -65,7 +63,6 @@ BRATS_TARGETS: dict[str, dict[int, int]] = {
     "subregions": {0: 0, 1: 1, 2: 2, 4: 3},
 }
 _GRADES = ("HGG", "LGG")
-_SELECTIONS = ("random", "first")
 _EXTS = (".nii.gz", ".nii")
 
 
@@ -160,29 +157,9 @@ def scan_brats19(root: PathLike, modalities: str | Sequence[str] = ("flair",)) -
     return cases
 
 
-def _read_list(name: str) -> list[str]:
-    text = resources.files("dycon_monai.data").joinpath("splits", name).read_text()
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
 def brats19_published_split() -> dict[str, list[str]]:
     """The published BraTS 2019 split: 250 ``train``, 25 ``val`` and 60 ``test`` case ids."""
-    return {k: _read_list(f"brats19_{k}.txt") for k in ("train", "val", "test")}
-
-
-def _load_split_file(path: PathLike) -> dict[str, list[str]]:
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"split_file {path} does not exist", path=path)
-    try:
-        split = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"split_file {path} is not valid JSON: {e}", path=path) from e
-    if isinstance(split, dict) and "validation" in split and "val" not in split:
-        split["val"] = split["validation"]
-    if not isinstance(split, dict) or not all(isinstance(split.get(k), list) for k in ("train", "test")):
-        raise DataError(f'split_file {path} must be {{"train": [...], "val": [...], "test": [...]}}', path=path)
-    return {k: [str(c) for c in split.get(k, [])] for k in ("train", "val", "test")}
+    return {k: read_split_list(f"brats19_{k}.txt") for k in ("train", "val", "test")}
 
 
 def _check_case(case_id: str, files: dict[str, Any], mods: tuple[str, ...], with_label: bool) -> None:
@@ -249,11 +226,15 @@ def brats19_datalist(
     """
     mods = resolve_modalities(modalities)
     resolve_target(target)
-    if labeled_selection not in _SELECTIONS:
-        raise ValueError(f"labeled_selection must be one of {_SELECTIONS}; got {labeled_selection!r}")
+    if labeled_selection not in LABELED_SELECTIONS:
+        raise ValueError(f"labeled_selection must be one of {LABELED_SELECTIONS}; got {labeled_selection!r}")
     base = resolve_brats19_root(dataset_dir)
     found = scan_brats19(base, mods)
-    split = _load_split_file(split_file) if split_file else brats19_published_split()
+    split = (
+        load_split_file(split_file, ("train", "test"), optional=("val",), aliases={"val": "validation"})
+        if split_file
+        else brats19_published_split()
+    )
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         both = sorted(set(split[a]) & set(split[b]))
         if both:
@@ -274,12 +255,8 @@ def brats19_datalist(
     train = list(split["train"])
     if not train:
         raise DataError(f"no training case of the {source} is in {base}", path=base)
-    n = _n_labeled(len(train), labeled_count, labeled_fraction)
-    if labeled_selection == "first":
-        labeled = train[:n]
-    else:
-        rng = np.random.default_rng(int(seed))
-        labeled = [train[i] for i in sorted(rng.choice(len(train), size=n, replace=False).tolist())]
+    n = labeled_count_of(len(train), labeled_count, labeled_fraction)
+    labeled = choose_labeled(train, n, seed, labeled_selection)
     chosen = set(labeled)
     needs_label = labeled + split["val"] + split["test"]
     no_seg = [c for c in needs_label if found[c]["label"] is None]

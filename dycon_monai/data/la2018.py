@@ -16,9 +16,7 @@ ships as package data. Training cases split into a labeled subset (``labeled_cou
 
 from __future__ import annotations
 
-import json
 import os
-from importlib import resources
 from pathlib import Path
 from typing import Any, Union
 
@@ -26,6 +24,7 @@ import numpy as np
 
 from .isles22_files import check_label_values
 from .isles22_layout import DataError, MissingFileError
+from .subsets import LABELED_SELECTIONS, choose_labeled, labeled_count_of, load_split_file, read_split_list
 
 __all__ = [
     "LA_FILES",
@@ -45,7 +44,6 @@ LA_SPACING_MM = 0.625
 LA_FILES = {"h5": ("mri_norm2.h5", "mri_norm2.h5"), "nrrd": ("lgemri.nrrd", "laendo.nrrd")}
 #: label values per form, mapped to {0, 1}
 LA_LABEL_MAPPINGS: dict[str, dict[int, int]] = {"h5": {0: 0, 1: 1}, "nrrd": {0: 0, 255: 1}}
-_SELECTIONS = ("random", "first")
 
 
 def _case_dirs(root: Path) -> list[Path]:
@@ -98,45 +96,9 @@ def scan_la2018(root: PathLike, form: str = "auto") -> dict[str, dict[str, str]]
     return cases
 
 
-def _read_list(name: str) -> list[str]:
-    text = resources.files("dycon_monai.data").joinpath("splits", name).read_text()
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
 def la2018_published_split() -> dict[str, list[str]]:
     """The published LA split (UA-MT ``train.list`` / ``test.list``): 80 training and 20 test case ids."""
-    return {"train": _read_list("la2018_train.list"), "test": _read_list("la2018_test.list")}
-
-
-def _load_split_file(path: PathLike) -> dict[str, list[str]]:
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"split_file {path} does not exist", path=path)
-    try:
-        split = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"split_file {path} is not valid JSON: {e}", path=path) from e
-    if not isinstance(split, dict) or not all(isinstance(split.get(k), list) for k in ("train", "test")):
-        raise DataError(f'split_file {path} must be {{"train": [case ids], "test": [case ids]}}', path=path)
-    return {"train": [str(c) for c in split["train"]], "test": [str(c) for c in split["test"]]}
-
-
-def _n_labeled(n_train: int, labeled_count: Any, labeled_fraction: float | None) -> int:
-    if labeled_fraction is not None:
-        if labeled_count not in (None, "all"):
-            raise DataError(f"give labeled_count ({labeled_count!r}) or labeled_fraction ({labeled_fraction!r})")
-        f = float(labeled_fraction)
-        if not 0.0 < f <= 1.0:
-            raise DataError(f"labeled_fraction must be in (0, 1]; got {labeled_fraction!r}")
-        return max(1, int(np.floor(f * n_train + 0.5)))
-    if labeled_count is None or str(labeled_count).lower() == "all":
-        return n_train
-    if isinstance(labeled_count, float) and not labeled_count.is_integer():
-        raise DataError(f"labeled_count must be an integer or 'all'; got {labeled_count!r}")
-    n = int(labeled_count)
-    if not 1 <= n <= n_train:
-        raise DataError(f"labeled_count={labeled_count!r} is impossible with {n_train} training cases")
-    return n
+    return {"train": read_split_list("la2018_train.list"), "test": read_split_list("la2018_test.list")}
 
 
 def _check_case(case_id: str, entry: dict[str, str], form: str, with_label: bool) -> None:
@@ -186,7 +148,7 @@ def la2018_datalist(
     root = Path(dataset_dir).expanduser()
     form = resolve_la_form(root, form)
     found = scan_la2018(root, form)
-    split = _load_split_file(split_file) if split_file else la2018_published_split()
+    split = load_split_file(split_file) if split_file else la2018_published_split()
     both = sorted(set(split["train"]) & set(split["test"]))
     if both:
         raise DataError(f"cases in both the training and the test split: {both[:10]}")
@@ -197,15 +159,11 @@ def la2018_datalist(
             f"{root}: {missing[:10]}{' ...' if len(missing) > 10 else ''} (expected <case_id>/{LA_FILES[form][0]})",
             path=root,
         )
-    if labeled_selection not in _SELECTIONS:
-        raise ValueError(f"labeled_selection must be one of {_SELECTIONS}; got {labeled_selection!r}")
+    if labeled_selection not in LABELED_SELECTIONS:
+        raise ValueError(f"labeled_selection must be one of {LABELED_SELECTIONS}; got {labeled_selection!r}")
     train = list(split["train"])
-    n = _n_labeled(len(train), labeled_count, labeled_fraction)
-    if labeled_selection == "first":
-        labeled = train[:n]
-    else:
-        rng = np.random.default_rng(int(seed))
-        labeled = [train[i] for i in sorted(rng.choice(len(train), size=n, replace=False).tolist())]
+    n = labeled_count_of(len(train), labeled_count, labeled_fraction)
+    labeled = choose_labeled(train, n, seed, labeled_selection)
     chosen = set(labeled)
     if check_data:
         for cid in train + split["test"]:

@@ -29,7 +29,7 @@ from dycon_monai.data.brats19_transforms import (
     brats_train_transforms,
 )
 from dycon_monai.data.isles22_layout import DataError, MissingFileError
-from dycon_monai.data.la2018 import _n_labeled
+from dycon_monai.data.subsets import labeled_count_of
 from dycon_monai.data.synthetic_brats import brats_grade, main, make_synthetic_brats
 
 REFERENCE = Path("/work/shared/reference/brats19")
@@ -66,7 +66,7 @@ def test_published_split_is_250_25_60_unique_and_disjoint():
 
 
 def test_labeled_fraction_of_250_gives_25_and_50():
-    assert _n_labeled(250, None, 0.1) == 25 and _n_labeled(250, None, 0.2) == 50
+    assert labeled_count_of(250, None, 0.1) == 25 and labeled_count_of(250, None, 0.2) == 50
 
 
 def test_three_root_layouts_and_grades(brats):
