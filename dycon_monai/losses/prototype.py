@@ -13,13 +13,13 @@ import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-from .cross_pseudo import (
-    _check_percentile,
-    _check_reduction,
-    _compute_dtype,
-    _validate_pair,
+from .pair_inputs import (
     batch_percentile,
+    check_percentile,
+    check_reduction,
+    compute_dtype,
     normalized_entropy,
+    validate_pair,
 )
 
 __all__ = ["PrototypeContrastiveLoss", "prototype_weight"]
@@ -109,8 +109,8 @@ class PrototypeContrastiveLoss(_Loss):
         Raises:
             ValueError: for an argument outside the ranges above or an unknown option.
         """
-        super().__init__(reduction=_check_reduction("PrototypeContrastiveLoss", reduction))
-        self.gamma = _check_percentile("PrototypeContrastiveLoss", gamma, "gamma")
+        super().__init__(reduction=check_reduction("PrototypeContrastiveLoss", reduction))
+        self.gamma = check_percentile("PrototypeContrastiveLoss", gamma, "gamma")
         t = float(temperature)
         if not (math.isfinite(t) and t > 0):
             raise ValueError(
@@ -144,7 +144,7 @@ class PrototypeContrastiveLoss(_Loss):
     def masks(self, logits_a: torch.Tensor, logits_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Boolean ``(B, *spatial)`` reliability mask ``M`` (Eq. 16) and foreground mask ``y_A != 0`` (Eq. 18)."""
         with torch.no_grad():
-            dtype = _compute_dtype(logits_a, logits_b)
+            dtype = compute_dtype(logits_a, logits_b)
             log_pa = F.log_softmax(logits_a.detach().to(dtype), dim=1)
             log_pb = F.log_softmax(logits_b.detach().to(dtype), dim=1)
             y_a, y_b = log_pa.argmax(dim=1), log_pb.argmax(dim=1)
@@ -198,7 +198,7 @@ class PrototypeContrastiveLoss(_Loss):
             A float32 (float64 for float64 features) scalar for ``"mean"`` / ``"sum"``, else ``(B, *spatial)``.
         """
         owner = "PrototypeContrastiveLoss"
-        _validate_pair(owner, logits_a, logits_b, ("logits_a", "logits_b"), 2)
+        validate_pair(owner, logits_a, logits_b, ("logits_a", "logits_b"), 2)
         for name, x in (("features_a", features_a), ("features_b", features_b)):
             if not isinstance(x, torch.Tensor) or not x.is_floating_point():
                 kind = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__

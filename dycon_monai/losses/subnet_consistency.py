@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-from .cross_pseudo import _check_reduction, _compute_dtype, _validate_pair
+from .pair_inputs import check_reduction, compute_dtype, validate_pair
 
 __all__ = ["SubnetConsistencyLoss"]
 
@@ -63,7 +63,7 @@ class SubnetConsistencyLoss(_Loss):
         Raises:
             ValueError: for an unknown ``mode`` / ``reduction``, ``threshold`` outside ``[0, 1]`` or ``eps <= 0``.
         """
-        super().__init__(reduction=_check_reduction("SubnetConsistencyLoss", reduction))
+        super().__init__(reduction=check_reduction("SubnetConsistencyLoss", reduction))
         if mode not in _MODES:
             raise ValueError(f"SubnetConsistencyLoss mode must be one of {_MODES}, got mode={mode!r}.")
         if threshold is not None:
@@ -96,8 +96,8 @@ class SubnetConsistencyLoss(_Loss):
         Returns:
             A float32 (float64 for float64 inputs) scalar for ``"mean"`` / ``"sum"``, else the ``(B, *spatial)`` map.
         """
-        _validate_pair("SubnetConsistencyLoss", logits_a, logits_b, ("logits_a", "logits_b"), 2)
-        dtype = _compute_dtype(logits_a, logits_b)
+        validate_pair("SubnetConsistencyLoss", logits_a, logits_b, ("logits_a", "logits_b"), 2)
+        dtype = compute_dtype(logits_a, logits_b)
         log_pa = F.log_softmax(logits_a.to(dtype), dim=1)
         log_pb = F.log_softmax(logits_b.to(dtype), dim=1)
         if self.mode == "mse":

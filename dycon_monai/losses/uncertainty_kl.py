@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-from .cross_pseudo import _check_reduction, _compute_dtype, _validate_pair
+from .pair_inputs import check_reduction, compute_dtype, validate_pair
 
 __all__ = ["KLUncertaintyLoss"]
 
@@ -52,7 +52,7 @@ class KLUncertaintyLoss(_Loss):
         Raises:
             ValueError: for a non-positive / non-finite ``temperature`` or an unknown ``reduction``.
         """
-        super().__init__(reduction=_check_reduction("KLUncertaintyLoss", reduction))
+        super().__init__(reduction=check_reduction("KLUncertaintyLoss", reduction))
         t = float(temperature)
         if not (math.isfinite(t) and t > 0):
             raise ValueError(
@@ -62,7 +62,7 @@ class KLUncertaintyLoss(_Loss):
 
     def voxel_terms(self, logits_a: torch.Tensor, logits_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-voxel ``(L_p, D_KL)``, each ``(B, *spatial)`` (inputs validated by :meth:`forward`)."""
-        dtype = _compute_dtype(logits_a, logits_b)
+        dtype = compute_dtype(logits_a, logits_b)
         log_pa = F.log_softmax(logits_a.to(dtype), dim=1)
         with torch.no_grad():
             b = logits_b.detach().to(dtype)
@@ -81,7 +81,7 @@ class KLUncertaintyLoss(_Loss):
         Returns:
             A float32 (float64 for float64 inputs) scalar for ``"mean"`` / ``"sum"``, else the ``(B, *spatial)`` map.
         """
-        _validate_pair("KLUncertaintyLoss", logits_a, logits_b, ("logits_a", "logits_b"), 2)
+        validate_pair("KLUncertaintyLoss", logits_a, logits_b, ("logits_a", "logits_b"), 2)
         l_p, d_kl = self.voxel_terms(logits_a, logits_b)
         per_voxel = torch.exp(-d_kl) * l_p + d_kl
         if self.reduction == LossReduction.MEAN.value:

@@ -9,14 +9,11 @@ import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
+from .pair_inputs import compute_dtype
+
 __all__ = ["UnCLLoss", "uncl_voxel_terms"]
 
 _DISTANCES = ("mse", "kl")
-
-
-def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """float64 if any input is float64, else float32 (half / bfloat16 inputs are upcast)."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def _check_beta(beta: float | torch.Tensor) -> float | torch.Tensor:
@@ -190,7 +187,7 @@ class UnCLLoss(_Loss):
         self._validate(student_logits, teacher_logits, "logits")
         b = _check_beta(self.beta if beta is None else beta)
         b = float(b) if isinstance(b, torch.Tensor) else b
-        dtype = _compute_dtype(student_logits, teacher_logits)
+        dtype = compute_dtype(student_logits, teacher_logits)
         log_ps = F.log_softmax(student_logits.to(dtype), dim=1)
         with torch.no_grad():
             log_pt = F.log_softmax(teacher_logits.detach().to(dtype), dim=1)
@@ -212,7 +209,7 @@ class UnCLLoss(_Loss):
         """
         self._validate(student_probs, teacher_probs, "probabilities")
         b = _check_beta(self.beta if beta is None else beta)
-        dtype = _compute_dtype(student_probs, teacher_probs)
+        dtype = compute_dtype(student_probs, teacher_probs)
         ps = student_probs.to(dtype)
         pt = teacher_probs.detach().to(dtype)
         per_voxel = uncl_voxel_terms(
