@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from dycon_monai.benchmark import build_grid, run_grid, write_report
-from dycon_monai.benchmark.grid import evaluate_command, train_command
+from dycon_monai.benchmark.grid import METHOD_CONFIGS, evaluate_command, train_command
 from dycon_monai.benchmark.report import load_results
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,6 +61,28 @@ def test_co_training_methods_add_their_bundle_configs_after_the_chosen_ones(tmp_
         assert [Path(f).name for f in eval(train[train.index("--config_file") + 1])] == names
         assert [Path(f).name for f in eval(ev[ev.index("--config_file") + 1])] == [*names, "evaluate.json"]
         assert all((bundle / "configs" / n).is_file() for n in names)
+
+
+@pytest.mark.parametrize("bundle", ["dycon_isles", "dycon_la", "dycon_brats19"])
+@pytest.mark.parametrize("method", ["dycon", "cps_dycon"])
+def test_every_bundle_takes_the_harness_command_lines(bundle, method, tmp_path):
+    """The harness's config lists and keys exist in every bundle (parsed, not run)."""
+    from dycon_monai.bundle import DyconWorkflow
+
+    root = REPO / "bundles" / bundle
+    if method in METHOD_CONFIGS and not all((root / "configs" / n).is_file() for n in METHOD_CONFIGS[method]):
+        pytest.skip(f"{bundle} has no co-training configs")
+    spec = build_grid(bundle, [method], [4], [0], upper_bound=False)[0]
+    for cmd in (train_command(spec, root, "/data", tmp_path), evaluate_command(spec, root, "/data", tmp_path)):
+        files = eval(cmd[cmd.index("--config_file") + 1])
+        keys = {
+            a[2:]: cmd[i + 1]
+            for i, a in enumerate(cmd)
+            if a.startswith("--") and a[2:] not in ("config_file", "workflow_name")
+        }
+        parser = DyconWorkflow(config_file=files, logging_file=False, **keys).parser
+        parser.parse()
+        assert parser["method"] == method and str(parser["labeled_count"]) == "4"
 
 
 # ------------------------------------------------------------------------------------- fabricated run folders
