@@ -46,7 +46,6 @@ from .transforms import BinarizeLabeld, LoadImageCheckedd, _as3, _describe
 __all__ = [
     "BraTSLabeld",
     "ClipBrainPercentilesd",
-    "FillBackgroundd",
     "brats_inference_transforms",
     "brats_label_loader",
     "brats_train_transforms",
@@ -121,28 +120,6 @@ class ClipBrainPercentilesd(MapTransform):
                 lo, hi = float(q[0]), float(q[1])
                 ch[brain] = torch.clamp(torch.as_tensor(ch[brain]), lo, hi).to(ch.dtype)
             d[key] = img
-        return d
-
-
-class FillBackgroundd(MapTransform):
-    """Give the background channel the probability mass missing outside the brain crop after ``Invertd``.
-
-    Inverting ``CropForegroundd`` pads the soft-maxed prediction with zeros in every channel; this adds
-    ``1 - sum over channels`` (clamped to [0, 1]) to ``background_channel`` so that the map is a distribution
-    again (background, zero entropy) before the entropy map and the argmax.
-    """
-
-    def __init__(self, keys: KeysCollection, background_channel: int = 0, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.background_channel = int(background_channel)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            p = d[key]
-            missing = torch.clamp(1.0 - p.sum(dim=0), 0.0, 1.0)
-            p[self.background_channel] = p[self.background_channel] + missing
-            d[key] = p
         return d
 
 

@@ -50,6 +50,7 @@ from .isles22_files import LabelMapping, check_label_values, resolve_label_mappi
 
 __all__ = [
     "BinarizeLabeld",
+    "FillBackgroundd",
     "LoadImageCheckedd",
     "head_foreground",
     "inference_transforms",
@@ -177,6 +178,28 @@ class BinarizeLabeld(MapTransform):
                 new.copy_(out)
                 out = new
             d[key] = out
+        return d
+
+
+class FillBackgroundd(MapTransform):
+    """Give the background channel the probability mass missing outside the foreground crop after ``Invertd``.
+
+    Inverting ``CropForegroundd`` pads the soft-maxed prediction with zeros in every channel; this adds
+    ``1 - sum over channels`` (clamped to [0, 1]) to ``background_channel`` so that the map is a distribution
+    again (background, zero entropy) before the entropy map and the argmax.
+    """
+
+    def __init__(self, keys: KeysCollection, background_channel: int = 0, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.background_channel = int(background_channel)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            p = d[key]
+            missing = torch.clamp(1.0 - p.sum(dim=0), 0.0, 1.0)
+            p[self.background_channel] = p[self.background_channel] + missing
+            d[key] = p
         return d
 
 

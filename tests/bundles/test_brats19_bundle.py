@@ -55,7 +55,9 @@ def _cmd(command: str, configs: list, *args: str) -> list[str]:
 
 def _run(cmd: list[str], expect_ok: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2")
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600, env=env
+    )
     if expect_ok and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     if not expect_ok:

@@ -50,7 +50,9 @@ def test_torchrun_two_processes_keep_identical_teacher(synthetic_cohort, tmp_pat
         "ddp",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600, env=env
+    )
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
     run = tmp_path / "runs" / "ddp"

@@ -43,7 +43,9 @@ def test_same_run_from_the_command_line_run_workflow_and_python(synthetic_cohort
     (tmp_path / "args.json").write_text(args)
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2")
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--args_file", str(tmp_path / "args.json")]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300, env=env
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
     run_workflow(workflow_name=WORKFLOW, config_file=TRAIN, logging_file=False, **dict(overrides, run_name="api"))

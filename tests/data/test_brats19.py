@@ -23,7 +23,6 @@ from dycon_monai.data.brats19 import (
 )
 from dycon_monai.data.brats19_transforms import (
     BraTSLabeld,
-    FillBackgroundd,
     brats_inference_transforms,
     brats_label_loader,
     brats_train_transforms,
@@ -31,6 +30,7 @@ from dycon_monai.data.brats19_transforms import (
 from dycon_monai.data.isles22_layout import DataError, MissingFileError
 from dycon_monai.data.subsets import labeled_count_of
 from dycon_monai.data.synthetic_brats import brats_grade, main, make_synthetic_brats
+from dycon_monai.data.transforms import FillBackgroundd
 
 REFERENCE = Path("/work/shared/reference/brats19")
 

@@ -48,7 +48,13 @@ def _app(bundle: str, tmp_path: Path) -> Path:
 def _probe(python: Path, script: str, *args: str) -> dict:
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2")
     proc = subprocess.run(
-        [str(python), str(PROBES / script), *args], capture_output=True, text=True, timeout=300, env=env
+        [str(python), str(PROBES / script), *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
+        env=env,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(("PROBE ", "INFER ")))

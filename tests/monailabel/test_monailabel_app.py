@@ -70,6 +70,11 @@ def test_command_line(tmp_path, bundle, capsys):
     out = capsys.readouterr().out
     assert "monailabel start_server" in out and "--conf models dycon_isles" in out
     help_text = subprocess.run(
-        [sys.executable, "-m", "dycon_monai.monailabel.app", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "dycon_monai.monailabel.app", "--help"],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        check=True,
     ).stdout
     assert "--bundle" in help_text
