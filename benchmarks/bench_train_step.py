@@ -122,6 +122,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         "fecl_loss": FeCLLoss(gamma=0.5, grid_size=args.grid),
         "amp": args.amp,
         "decollate": False,
+        "compile": args.compile,
     }
     if co_training:
         weights = co_training_weights(args.mode, cps_rampup=0)
@@ -168,6 +169,9 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         if engine.state.iteration >= plain_end:  # the batch of the next, profiled, iteration
             batch_waits.append(marks["wait"])
 
+    first: dict[str, float] = {}
+    trainer.add_event_handler(Events.STARTED, lambda _: first.setdefault("t0", time.perf_counter()))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=1), lambda _: first.setdefault("t1", time.perf_counter()))
     trainer.add_event_handler(Events.ITERATION_STARTED, _start)
     trainer.add_event_handler(Events.ITERATION_COMPLETED, _end)
     trainer.add_event_handler(Events.GET_BATCH_STARTED, _batch_start)
@@ -192,7 +196,8 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         peak_mb = _peak_rss_mb() - rss_before
     times.sort()
     return {
-        "mode": args.mode,
+        "mode": args.mode + ("+compile" if args.compile else ""),
+        "first_iter_s": first["t1"] - first["t0"],
         "s_per_iter_median": times[len(times) // 2],
         "s_per_iter_mean": sum(times) / len(times),
         "peak_extra_mb": peak_mb,
@@ -289,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--modes", nargs="+", choices=MT_MODES + CO_MODES, default=list(MT_MODES + CO_MODES), help="steps to time"
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time every mode with the trainers' compile=True (torch.compile, MONAI's SupervisedTrainer path)",
+    )
+    parser.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=MT_MODES + CO_MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quick = args.quick
@@ -303,22 +314,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--batch must be >= 2 (DyCON splits it into labeled and unlabeled halves)")
 
     if args.mode is not None:  # child process
+        args.compile = args.compiled
         print(json.dumps(run_mode(args)))
         return 0
 
     modes = [m for m in MT_MODES + CO_MODES if m in args.modes or m in ("supervised", "mean_teacher")]
     results = {}
-    for mode in modes:
+    runs = [(m, False) for m in modes] + ([(m, True) for m in modes] if args.compile else [])
+    for mode, compiled in runs:
         cmd = [sys.executable, os.path.abspath(__file__), "--mode", mode, "--device", args.device]
         cmd += ["--batch", str(args.batch), "--patch", *map(str, args.patch), "--channels", *map(str, args.channels)]
         cmd += ["--embedding-dim", str(args.embedding_dim), "--grid", str(args.grid), "--iters", str(args.iters)]
         cmd += ["--warmup", str(args.warmup), "--threads", str(args.threads)] + (["--amp"] if args.amp else [])
         cmd += ["--breakdown"] if args.breakdown else []
+        cmd += ["--compiled"] if compiled else []
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             sys.stderr.write(proc.stdout + proc.stderr)
             return proc.returncode
-        results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[result["mode"]] = result
 
     sup, mt = results["supervised"], results["mean_teacher"]
     print(
@@ -327,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.grid}^3, amp={args.amp}, {args.iters} timed iterations after {args.warmup} warm-up"
     )
     print(
-        f"{'step':<12}{'s/iter (median)':>18}{'s/iter (mean)':>16}{'peak extra MB':>16}{'time / MT':>11}{'mem / MT':>10}"
+        f"{'step':<22}{'s/iter (median)':>18}{'s/iter (mean)':>16}{'peak extra MB':>16}{'time / MT':>11}{'mem / MT':>10}"
     )
     ratios: dict[str, dict[str, float]] = {}
     for name, r in results.items():
@@ -335,10 +350,22 @@ def main(argv: list[str] | None = None) -> int:
         m = r["peak_extra_mb"] / mt["peak_extra_mb"] if mt["peak_extra_mb"] > 0 else float("nan")
         ratios[name] = {"time_vs_mean_teacher": t, "memory_vs_mean_teacher": m}
         print(
-            f"{name:<12}{r['s_per_iter_median']:>18.3f}{r['s_per_iter_mean']:>16.3f}{r['peak_extra_mb']:>16.1f}"
+            f"{name:<22}{r['s_per_iter_median']:>18.3f}{r['s_per_iter_mean']:>16.3f}{r['peak_extra_mb']:>16.1f}"
             f"{t:>10.2f}x{m:>9.2f}x"
         )
     summary: dict[str, Any] = {"ratios": ratios}
+    compiled = {m[: -len("+compile")]: r for m, r in results.items() if m.endswith("+compile")}
+    if compiled:
+        print(f"{'compile':<12}{'compiled / eager (median)':>27}{'first iteration: eager':>24}{'compiled':>10}")
+        summary["compile"] = {}
+        for mode, r in compiled.items():
+            eager = results[mode]
+            ratio = r["s_per_iter_median"] / eager["s_per_iter_median"]
+            summary["compile"][mode] = {
+                "time_ratio": ratio,
+                "memory_ratio": r["peak_extra_mb"] / eager["peak_extra_mb"],
+            }
+            print(f"{mode:<12}{ratio:>26.2f}x{eager['first_iter_s']:>23.1f}s{r['first_iter_s']:>9.1f}s")
     if "dycon" in results:
         dyc = results["dycon"]
         time_ratio = dyc["s_per_iter_median"] / sup["s_per_iter_median"]

@@ -1,4 +1,4 @@
-"""Datasets: ISLES'22, LA 2018 and BraTS 2019 scanners and splits, synthetic cohorts, readers, MONAI transform chains.
+"""Datasets: ISLES'22, LA 2018, BraTS 2019 and Pancreas-CT scanners and splits, synthetic cohorts, readers, MONAI transform chains.
 
 Submodules are imported lazily, so ``python -m dycon_monai.data.synthetic`` and ``python -m
 dycon_monai.data.isles22`` run without importing each other (and MONAI is only imported for the transforms).
@@ -17,6 +17,14 @@ __all__ = [
     "brats_train_transforms",
     "make_synthetic_brats",
     "scan_brats19",
+    "make_synthetic_pancreas",
+    "pancreas_datalist",
+    "pancreas_inference_datalist",
+    "pancreas_inference_transforms",
+    "pancreas_label_loader",
+    "pancreas_train_transforms",
+    "scan_pancreas",
+    "inspect_dicom_series",
     "BinarizeLabeld",
     "DatasetNotFoundError",
     "check_dataset",
@@ -47,6 +55,14 @@ _WHERE = {
     "brats_inference_transforms": "brats19_transforms",
     "brats_label_loader": "brats19_transforms",
     "make_synthetic_brats": "synthetic_brats",
+    "make_synthetic_pancreas": "synthetic_pancreas",
+    "pancreas_datalist": "pancreas",
+    "pancreas_inference_datalist": "pancreas",
+    "scan_pancreas": "pancreas",
+    "pancreas_train_transforms": "pancreas_transforms",
+    "pancreas_inference_transforms": "pancreas_transforms",
+    "pancreas_label_loader": "pancreas_transforms",
+    "inspect_dicom_series": "dicom",
     "H5Reader": "h5",
     "DatasetNotFoundError": "isles22_layout",
     "check_dataset": "isles22_layout",

@@ -118,7 +118,10 @@ class ReorientToMatchd(MapTransform):
 def _load(keys: list[str], pixdim: Sequence[float], window: Sequence[float]) -> list:
     if len(tuple(window)) != 2 or not float(window[0]) < float(window[1]):
         raise ValueError(f"hu_window must be [lower, upper] with lower < upper; got {window!r}")
-    chain: list = [CheckDicomSeriesd(keys="image"), LoadImageCheckedd(keys="image", reader="ITKReader", image_only=True)]
+    chain: list = [
+        CheckDicomSeriesd(keys="image"),
+        LoadImageCheckedd(keys="image", reader="ITKReader", image_only=True),
+    ]
     if "label" in keys:
         chain.append(LoadImageCheckedd(keys="label", image_only=True))
     chain += [

@@ -52,17 +52,17 @@ def synthesize_pancreas_case(
     hu[_ellipsoid(grid, c + [-sx * 0.16, -sy * 0.05, 0], [sx * 0.17, sy * 0.2, sz * 0.8])] = 60.0  # liver
     hu[_ellipsoid(grid, c + [0, sy * 0.24, 0], [sx * 0.06, sy * 0.06, sz * 2.0])] = 400.0  # spine
     fat_c = c + [sx * 0.08, sy * 0.06, rng.uniform(-1, 1)]
-    hu[_ellipsoid(grid, fat_c, [sx * 0.16, sy * 0.09, sz * 0.42])] = -90.0  # fat around the pancreas
+    hu[_ellipsoid(grid, fat_c, [sx * 0.26, sy * 0.13, sz * 0.45])] = -90.0  # fat around the pancreas
     # the pancreas: an oblique elongated ellipsoid inside the fat pad
     angle = rng.uniform(-0.35, 0.35)
     u = (grid[0] - fat_c[0]) * np.cos(angle) + (grid[1] - fat_c[1]) * np.sin(angle)
     v = -(grid[0] - fat_c[0]) * np.sin(angle) + (grid[1] - fat_c[1]) * np.cos(angle)
-    length, width = sx * rng.uniform(0.11, 0.14), sy * rng.uniform(0.04, 0.06)
-    pancreas = (u / length) ** 2 + (v / width) ** 2 + ((grid[2] - fat_c[2]) / (sz * 0.3)) ** 2 <= 1.0
+    length, width = sx * rng.uniform(0.18, 0.22), sy * rng.uniform(0.07, 0.09)
+    pancreas = (u / length) ** 2 + (v / width) ** 2 + ((grid[2] - fat_c[2]) / (sz * 0.35)) ** 2 <= 1.0
     hu[pancreas] = rng.uniform(95.0, 120.0)
     for _ in range(2):  # bowel loops as bright as the pancreas: not pancreas
-        bc = c + [rng.uniform(-0.1, 0.25) * sx, rng.uniform(-0.3, -0.18) * sy, rng.uniform(-0.2, 0.2) * sz]
-        hu[_ellipsoid(grid, bc, [sx * 0.05, sy * 0.05, sz * 0.25]) & ~pancreas] = rng.uniform(90.0, 125.0)
+        bc = c + [rng.uniform(-0.1, 0.25) * sx, rng.uniform(-0.32, -0.24) * sy, rng.uniform(-0.2, 0.2) * sz]
+        hu[_ellipsoid(grid, bc, [sx * 0.04, sy * 0.04, sz * 0.2]) & ~pancreas] = rng.uniform(90.0, 125.0)
     hu = ndimage.gaussian_filter(hu, sigma=0.6) + rng.normal(0.0, 12.0, shape).astype(np.float32)
     return np.clip(np.round(hu), -1024, 3071).astype(np.int16), pancreas.astype(np.uint8)
 
@@ -163,7 +163,10 @@ def make_synthetic_pancreas(
         write_dicom_series(series, hu, spacing, origin, patient_id=cid, series_uid=uid)
         label = nib.Nifti1Image(lab, _ras_affine(spacing, origin))
         flipped = label.as_reoriented(np.array([[0, -1], [1, 1], [2, 1]]))  # another voxel order, same geometry
-        nib.save(nib.Nifti1Image(np.asarray(flipped.dataobj, dtype=np.uint8), flipped.affine), labels / f"label{number}.nii.gz")
+        nib.save(
+            nib.Nifti1Image(np.asarray(flipped.dataobj, dtype=np.uint8), flipped.affine),
+            labels / f"label{number}.nii.gz",
+        )
     atomic_write_json(root / "split.json", chosen)
     return root
 

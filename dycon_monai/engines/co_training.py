@@ -207,6 +207,8 @@ class CoTrainingTrainer(SemiSupervisedTrainer):
             event_names=event_names,
             **kwargs,
         )
+        if self.compile:  # MONAI's SupervisedTrainer compiled `network`; network B goes the same way
+            self.network_b = torch.compile(network_b, **(kwargs.get("compile_kwargs") or {}))
 
     @property
     def fecl_grid_size(self) -> int | None:

@@ -30,10 +30,15 @@ __all__ = [
 
 
 def unwrap_module(module: nn.Module) -> nn.Module:
-    """The module inside a ``DataParallel`` / ``DistributedDataParallel`` wrapper (the module itself otherwise)."""
-    if isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        return module.module
-    return module
+    """The module inside ``DataParallel`` / ``DistributedDataParallel`` and ``torch.compile`` wrappers (nested in
+    any order; the module itself otherwise), so that parameter names and identity are the plain network's."""
+    while True:
+        if isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            module = module.module
+        elif isinstance(getattr(module, "_orig_mod", None), nn.Module):  # what torch.compile returns
+            module = module._orig_mod
+        else:
+            return module
 
 
 def check_head_in_optimizer(network: nn.Module, optimizer: torch.optim.Optimizer) -> None:

@@ -63,7 +63,9 @@ def test_co_training_methods_add_their_bundle_configs_after_the_chosen_ones(tmp_
         assert all((bundle / "configs" / n).is_file() for n in names)
 
 
-@pytest.mark.parametrize("bundle", ["dycon_isles", "dycon_la", "dycon_brats19"])
+@pytest.mark.parametrize(
+    "bundle", sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "train.json").is_file())
+)
 @pytest.mark.parametrize("method", ["dycon", "cps_dycon"])
 def test_every_bundle_takes_the_harness_command_lines(bundle, method, tmp_path):
     """The harness's config lists and keys exist in every bundle (parsed, not run)."""

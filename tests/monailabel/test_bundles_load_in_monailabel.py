@@ -62,7 +62,7 @@ def _probe(python: Path, script: str, *args: str) -> dict:
 
 
 def test_every_bundle_is_listed():
-    assert {"dycon_isles", "dycon_la", "dycon_brats19"} <= set(BUNDLES)
+    assert {"dycon_isles", "dycon_la", "dycon_brats19", "dycon_pancreas"} <= set(BUNDLES)
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
@@ -87,3 +87,15 @@ def test_brats_bundle_segments_a_flair_study_through_monailabel(tmp_path):
     import nibabel as nib
 
     assert out["shape"] == list(nib.load(str(flair)).shape) and set(out["values"]) <= {0.0, 1.0}
+
+
+def test_pancreas_bundle_segments_a_dicom_series_through_monailabel(tmp_path):
+    """MONAI Label's infer task takes the series folder; the bundle's chain checks and reads it with ITK."""
+    python = _python()
+    from dycon_monai.data.dicom import dicom_files
+    from dycon_monai.data.synthetic_pancreas import make_synthetic_pancreas
+
+    make_synthetic_pancreas(tmp_path / "data", n_train=1, n_test=1, shape=(32, 32, 16))
+    series = next(p for p in sorted((tmp_path / "data").rglob("*")) if p.is_dir() and dicom_files(p))
+    out = _probe(python, "infer_study.py", str(_app("dycon_pancreas", tmp_path)), str(series))
+    assert out["shape"] == [32, 32, 16] and set(out["values"]) <= {0.0, 1.0}
