@@ -11,5 +11,7 @@ from monailabel.tasks.infer.bundle import BundleInferTask
 
 task = BundleInferTask(sys.argv[1], {})
 result, _ = task({"image": sys.argv[2], "device": "cpu"})
-seg = np.asarray(nib.load(result).dataobj)
+# a NIfTI study comes back as the path of the written label; a DICOM series folder as the label array itself (MONAI
+# Label's writer leaves DICOM-SEG conversion to the datastore)
+seg = np.asarray(result) if isinstance(result, np.ndarray) else np.asarray(nib.load(result).dataobj)
 print("INFER", json.dumps({"shape": list(seg.shape), "values": sorted(set(np.unique(seg).tolist()))}))
