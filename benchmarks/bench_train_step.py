@@ -122,7 +122,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         "fecl_loss": FeCLLoss(gamma=0.5, grid_size=args.grid),
         "amp": args.amp,
         "decollate": False,
-        "compile": args.compile,
+        "compile": getattr(args, "compile", False),
     }
     if co_training:
         weights = co_training_weights(args.mode, cps_rampup=0)
@@ -196,7 +196,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         peak_mb = _peak_rss_mb() - rss_before
     times.sort()
     return {
-        "mode": args.mode + ("+compile" if args.compile else ""),
+        "mode": args.mode + ("+compile" if getattr(args, "compile", False) else ""),
         "first_iter_s": first["t1"] - first["t0"],
         "s_per_iter_median": times[len(times) // 2],
         "s_per_iter_mean": sum(times) / len(times),

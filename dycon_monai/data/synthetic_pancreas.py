@@ -16,9 +16,11 @@ offline; it says nothing about accuracy on real data.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import locale
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,15 @@ def synthesize_pancreas_case(
     return np.clip(np.round(hu), -1024, 3071).astype(np.int16), pancreas.astype(np.uint8)
 
 
+@contextlib.contextmanager
+def _locale_kept() -> Iterator[None]:
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
 def write_dicom_series(
     folder: str | os.PathLike,
     volume_xyz: np.ndarray,
@@ -87,43 +98,44 @@ def write_dicom_series(
     """
     import itk
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    vol = np.asarray(volume_xyz, dtype=np.int16)
-    written = []
-    for k in range(vol.shape[2]):
-        if k in set(skip_slices):
-            continue
-        rows, cols = (odd_slice_directions or {}).get(k, (row_direction, col_direction))
-        r, c = np.asarray(rows, dtype=np.float64), np.asarray(cols, dtype=np.float64)
-        normal = np.cross(np.asarray(row_direction, float), np.asarray(col_direction, float))
-        pos = np.asarray(origin, dtype=np.float64) + k * float(spacing[2]) * normal
-        sl = itk.image_from_array(np.ascontiguousarray(vol[:, :, k].T[None]))  # (1, y, x) -> ITK (x, y, 1)
-        sl.SetSpacing([float(spacing[0]), float(spacing[1]), float(spacing[2])])
-        sl.SetOrigin([float(p) for p in pos])
-        direction = np.stack([r, c, np.cross(r, c)], axis=1)
-        sl.SetDirection(itk.matrix_from_array(np.ascontiguousarray(direction)))
-        md = sl.GetMetaDataDictionary()
-        tags = {
-            "0008|0060": "CT",
-            "0010|0020": patient_id,
-            "0020|000d": series_uid.rsplit(".", 1)[0] + ".0",
-            "0020|000e": series_uid,
-            "0020|0013": str(k + 1),
-            "0020|0032": "\\".join(f"{p:.4f}" for p in pos),
-            "0020|0037": "\\".join(f"{v:.6f}" for v in [*r, *c]),
-            "0028|0030": f"{float(spacing[1]):.4f}\\{float(spacing[0]):.4f}",
-            "0018|0050": f"{float(spacing[2]):.4f}",
-        }
-        for key, value in tags.items():
-            md[key] = value
-        io = itk.GDCMImageIO.New()
-        io.KeepOriginalUIDOn()
-        path = folder / f"1-{k + 1:03d}.dcm"
-        writer = itk.ImageFileWriter[type(sl)].New(Input=sl, FileName=str(path), ImageIO=io)
-        writer.Update()
-        written.append(path)
-    return written
+    with _locale_kept():  # GDCM's writer switches the process to the C locale and leaves it so
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        vol = np.asarray(volume_xyz, dtype=np.int16)
+        written = []
+        for k in range(vol.shape[2]):
+            if k in set(skip_slices):
+                continue
+            rows, cols = (odd_slice_directions or {}).get(k, (row_direction, col_direction))
+            r, c = np.asarray(rows, dtype=np.float64), np.asarray(cols, dtype=np.float64)
+            normal = np.cross(np.asarray(row_direction, float), np.asarray(col_direction, float))
+            pos = np.asarray(origin, dtype=np.float64) + k * float(spacing[2]) * normal
+            sl = itk.image_from_array(np.ascontiguousarray(vol[:, :, k].T[None]))  # (1, y, x) -> ITK (x, y, 1)
+            sl.SetSpacing([float(spacing[0]), float(spacing[1]), float(spacing[2])])
+            sl.SetOrigin([float(p) for p in pos])
+            direction = np.stack([r, c, np.cross(r, c)], axis=1)
+            sl.SetDirection(itk.matrix_from_array(np.ascontiguousarray(direction)))
+            md = sl.GetMetaDataDictionary()
+            tags = {
+                "0008|0060": "CT",
+                "0010|0020": patient_id,
+                "0020|000d": series_uid.rsplit(".", 1)[0] + ".0",
+                "0020|000e": series_uid,
+                "0020|0013": str(k + 1),
+                "0020|0032": "\\".join(f"{p:.4f}" for p in pos),
+                "0020|0037": "\\".join(f"{v:.6f}" for v in [*r, *c]),
+                "0028|0030": f"{float(spacing[1]):.4f}\\{float(spacing[0]):.4f}",
+                "0018|0050": f"{float(spacing[2]):.4f}",
+            }
+            for key, value in tags.items():
+                md[key] = value
+            io = itk.GDCMImageIO.New()
+            io.KeepOriginalUIDOn()
+            path = folder / f"1-{k + 1:03d}.dcm"
+            writer = itk.ImageFileWriter[type(sl)].New(Input=sl, FileName=str(path), ImageIO=io)
+            writer.Update()
+            written.append(path)
+        return written
 
 
 def _ras_affine(spacing: Sequence[float], origin: Sequence[float]) -> np.ndarray:

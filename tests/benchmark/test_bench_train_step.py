@@ -53,3 +53,18 @@ def test_co_training_breakdown_covers_the_step(mode):
     top = sum(v for k, v in parts.items() if k != "projection_head")
     assert top == pytest.approx(step, rel=0.05)
     assert result["losses"]["loss_cps"] > 0
+
+
+@pytest.mark.slow
+def test_compile_mode_times_the_compiled_trainer_beside_eager(capsys):
+    """``--compile`` runs every mode eager and with ``compile=True`` in the same run and prints the ratio."""
+    rc = _bench().main(["--quick", "--modes", "mean_teacher", "--compile", "--iters", "1", "--warmup", "1"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "mean_teacher+compile" in out and "compiled / eager" in out
+    import json
+
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert set(summary["compile"]) == {"supervised", "mean_teacher"}
+    assert all(v["time_ratio"] > 0 for v in summary["compile"].values())
+    assert summary["results"]["mean_teacher+compile"]["first_iter_s"] > 0

@@ -161,6 +161,8 @@ def test_pancreas_evaluate_scores_whole_test_volumes_on_their_grid(pancreas_run,
     assert [r["case_id"] for r in rows] == json.loads((pancreas / "split.json").read_text())["test"]
     assert {"dice", "hd95_mm", "paper_dice", "paper_hd95_mm"} <= set(rows[0])
     assert all(r["spacing_mm"] == "1x1x2" for r in rows)  # the series' own grid, not the 1 mm training grid
+    info = json.loads((pancreas_run / "eval" / "run_info.json").read_text())
+    assert "never cropped to the ground truth" in json.dumps(info)  # the metrics say which region was segmented
 
 
 def test_pancreas_inference_and_ckpt_export(pancreas_run, pancreas, tiny_json, tmp_path):

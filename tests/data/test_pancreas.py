@@ -256,3 +256,12 @@ def test_synthetic_cli_writes_the_release_layout(tmp_path):
     split = json.loads((tmp_path / "c" / "split.json").read_text())
     assert len(split["train"]) == 1 and not set(split["train"] + split["test"]) & set(PANCREAS_DUPLICATES)
     assert list((tmp_path / "c" / LABEL_FOLDER).glob("label*.nii.gz"))
+
+
+def test_writing_a_series_leaves_the_process_locale_alone(tmp_path):
+    """GDCM's writer switches to the C locale; left so, later text reads (e.g. torch.compile's) break."""
+    import locale
+
+    before = locale.setlocale(locale.LC_ALL)
+    write_dicom_series(tmp_path / "s", _vol())
+    assert locale.setlocale(locale.LC_ALL) == before
