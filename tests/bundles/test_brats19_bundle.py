@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_cli import bundle_cmd, run_cmd, split_args
+from bundle_overrides import BRATS_TINY
 from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
 
-from dycon_monai.bundle import WORKFLOW_NAME, DyconWorkflow
+from dycon_monai.bundle import DyconWorkflow
 from dycon_monai.data.brats19 import BRATS_RELEASE_FOLDER
 from dycon_monai.data.synthetic_brats import make_synthetic_brats
 
@@ -23,46 +23,13 @@ REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "dycon_brats19"
 CONFIGS = BUNDLE / "configs"
 
-#: top-level overrides for a run of a few seconds on the 32 x 32 x 24 synthetic stand-in
-BRATS_TINY = {
-    "device": "cpu",
-    "dataset_name": "synthetic_brats19",
-    "labeled_count": 2,
-    "max_iterations": 2,
-    "epoch_iterations": 1,
-    "batch_size": 2,
-    "patch_size": [16, 16, 16],
-    "fecl_grid_size": 4,
-    "embedding_dim": 8,
-    "network_def#channels": [4, 8, 16],
-    "network_def#strides": [2, 2],
-    "network_def#num_res_units": 0,
-    "num_workers": 0,
-    "sw_batch_size": 1,
-    "sw_stride": [8, 8, 8],
-    "checkpoint_interval": 1,
-    "log_interval": 1,
-    "progress_bar": False,
-    "num_overlays": 1,
-}
-
 
 def _cmd(command: str, configs: list, *args: str) -> list[str]:
-    files = [str(c if Path(c).is_absolute() else CONFIGS / c) for c in configs]
-    workflow = ["--workflow_name", WORKFLOW_NAME] if command == "run" else []
-    return [sys.executable, "-m", "monai.bundle", command, "--config_file", repr(files), *workflow, *args]
+    return bundle_cmd(CONFIGS, command, configs, *args)
 
 
 def _run(cmd: list[str], expect_ok: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2")
-    proc = subprocess.run(
-        cmd, cwd=REPO, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600, env=env
-    )
-    if expect_ok and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    if not expect_ok:
-        assert proc.returncode != 0, proc.stdout[-2000:]
-    return proc
+    return run_cmd(cmd, expect_ok, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +45,10 @@ def tiny_json(tmp_path_factory) -> Path:
     return path
 
 
-def _split_args(root: Path) -> list[str]:
-    return ["--dataset_dir", str(root), "--split_file", str(root / "split.json")]
-
-
 @pytest.fixture(scope="module")
 def brats_run(brats, tiny_json, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("brats_runs")
-    _run(_cmd("run", ["train.json", tiny_json], *_split_args(brats), "--output_dir", str(out), "--run_name", "t"))
+    _run(_cmd("run", ["train.json", tiny_json], *split_args(brats), "--output_dir", str(out), "--run_name", "t"))
     return out / "t"
 
 
@@ -154,7 +117,7 @@ def test_brats_evaluate_scores_test_cases_on_their_grid(brats_run, brats, tiny_j
         _cmd(
             "run",
             ["train.json", tiny_json, "evaluate.json"],
-            *_split_args(brats),
+            *split_args(brats),
             "--output_dir",
             str(brats_run),
             "--run_name",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +12,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_cli import bundle_cmd, run_cmd, split_args
 from bundle_overrides import LA_TINY
 from monai.bundle import ConfigParser
 
-from dycon_monai.bundle import WORKFLOW_NAME, DyconWorkflow
+from dycon_monai.bundle import DyconWorkflow
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "dycon_la"
@@ -24,21 +24,11 @@ CONFIGS = BUNDLE / "configs"
 
 
 def _cmd(command: str, configs: list, *args: str) -> list[str]:
-    files = [str(c if Path(c).is_absolute() else CONFIGS / c) for c in configs]
-    workflow = ["--workflow_name", WORKFLOW_NAME] if command == "run" else []
-    return [sys.executable, "-m", "monai.bundle", command, "--config_file", repr(files), *workflow, *args]
+    return bundle_cmd(CONFIGS, command, configs, *args)
 
 
 def _run(cmd: list[str], expect_ok: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2")
-    proc = subprocess.run(
-        cmd, cwd=REPO, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300, env=env
-    )
-    if expect_ok and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    if not expect_ok:
-        assert proc.returncode != 0, proc.stdout[-2000:]
-    return proc
+    return run_cmd(cmd, expect_ok, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +38,10 @@ def tiny_json(tmp_path_factory) -> Path:
     return path
 
 
-def _split_args(root: Path) -> list[str]:
-    return ["--dataset_dir", str(root), "--split_file", str(root / "split.json")]
-
-
 @pytest.fixture(scope="module")
 def la_run(synthetic_la, tiny_json, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("la_runs")
-    _run(
-        _cmd("run", ["train.json", tiny_json], *_split_args(synthetic_la), "--output_dir", str(out), "--run_name", "t")
-    )
+    _run(_cmd("run", ["train.json", tiny_json], *split_args(synthetic_la), "--output_dir", str(out), "--run_name", "t"))
     return out / "t"
 
 
@@ -107,7 +91,7 @@ def test_la_evaluate_writes_both_metric_policies(la_run, synthetic_la, tiny_json
         _cmd(
             "run",
             ["train.json", tiny_json, "evaluate.json"],
-            *_split_args(synthetic_la),
+            *split_args(synthetic_la),
             "--output_dir",
             str(la_run),
             "--run_name",
@@ -193,7 +177,7 @@ def test_la_inference_postprocessing_creates_no_run_folder(tmp_path, monkeypatch
 
 def test_la_upper_bound_trains_with_no_unlabeled_cases(synthetic_la, tiny_json, tmp_path):
     """labeled_count all leaves the unlabeled stream empty: supervised trains, a semi-supervised method is refused."""
-    base = _split_args(synthetic_la) + ["--labeled_count", "all", "--output_dir", str(tmp_path)]
+    base = split_args(synthetic_la) + ["--labeled_count", "all", "--output_dir", str(tmp_path)]
     _run(_cmd("run", ["train.json", tiny_json], *base, "--method", "supervised", "--run_name", "up"))
     assert (tmp_path / "up" / "models" / "model.pt").is_file()
     datalist = json.loads((tmp_path / "up" / "datalist.json").read_text())
