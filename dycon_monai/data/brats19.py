@@ -29,7 +29,15 @@ import numpy as np
 
 from .isles22_files import check_label_values
 from .isles22_layout import DataError, MissingFileError
-from .subsets import LABELED_SELECTIONS, choose_labeled, labeled_count_of, load_split_file, read_split_list
+from .subsets import (
+    LABELED_SELECTIONS,
+    check_disjoint,
+    choose_labeled,
+    keep_present,
+    labeled_count_of,
+    load_split_file,
+    read_split_list,
+)
 
 __all__ = [
     "BRATS_LABELS",
@@ -235,23 +243,11 @@ def brats19_datalist(
         if split_file
         else brats19_published_split()
     )
-    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
-        both = sorted(set(split[a]) & set(split[b]))
-        if both:
-            raise DataError(f"cases in both the {a} and the {b} split: {both[:10]}")
-    ids = split["train"] + split["val"] + split["test"]
-    missing = [c for c in ids if c not in found]
+    split = {k: split[k] for k in ("train", "val", "test")}
+    check_disjoint(split)
     source = "split file" if split_file else "published BraTS 2019 split"
-    if missing and not allow_missing:
-        raise MissingFileError(
-            f"{len(missing)} case(s) of the {source} are not in {base}: {missing[:10]}"
-            f"{' ...' if len(missing) > 10 else ''} (expected HGG/<case>/ or LGG/<case>/ with "
-            f"<case>_{mods[0]}.nii.gz; pass allow_missing=True to use only the cases present)",
-            path=base,
-        )
-    if missing:
-        logger.warning("allow_missing: %d case(s) of the %s are not in %s and are left out", len(missing), source, base)
-        split = {k: [c for c in v if c in found] for k, v in split.items()}
+    expected = f"HGG/<case>/ or LGG/<case>/ with <case>_{mods[0]}.nii.gz"
+    split, missing = keep_present(split, found, base, source, expected, allow_missing)
     train = list(split["train"])
     if not train:
         raise DataError(f"no training case of the {source} is in {base}", path=base)

@@ -24,7 +24,15 @@ import numpy as np
 
 from .isles22_files import check_label_values
 from .isles22_layout import DataError, MissingFileError
-from .subsets import LABELED_SELECTIONS, choose_labeled, labeled_count_of, load_split_file, read_split_list
+from .subsets import (
+    LABELED_SELECTIONS,
+    check_disjoint,
+    choose_labeled,
+    keep_present,
+    labeled_count_of,
+    load_split_file,
+    read_split_list,
+)
 
 __all__ = [
     "LA_FILES",
@@ -149,16 +157,9 @@ def la2018_datalist(
     form = resolve_la_form(root, form)
     found = scan_la2018(root, form)
     split = load_split_file(split_file) if split_file else la2018_published_split()
-    both = sorted(set(split["train"]) & set(split["test"]))
-    if both:
-        raise DataError(f"cases in both the training and the test split: {both[:10]}")
-    missing = [c for c in split["train"] + split["test"] if c not in found]
-    if missing:
-        raise MissingFileError(
-            f"{len(missing)} case(s) of the {'split file' if split_file else 'published LA split'} are not in "
-            f"{root}: {missing[:10]}{' ...' if len(missing) > 10 else ''} (expected <case_id>/{LA_FILES[form][0]})",
-            path=root,
-        )
+    check_disjoint(split)
+    source = "split file" if split_file else "published LA split"
+    keep_present(split, found, root, source, f"<case_id>/{LA_FILES[form][0]}", allow_missing=None)
     if labeled_selection not in LABELED_SELECTIONS:
         raise ValueError(f"labeled_selection must be one of {LABELED_SELECTIONS}; got {labeled_selection!r}")
     train = list(split["train"])

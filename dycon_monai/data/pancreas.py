@@ -32,7 +32,15 @@ import numpy as np
 
 from .dicom import dicom_files, inspect_dicom_series
 from .isles22_layout import DataError, MissingFileError
-from .subsets import LABELED_SELECTIONS, choose_labeled, labeled_count_of, load_split_file, read_split_list
+from .subsets import (
+    LABELED_SELECTIONS,
+    check_disjoint,
+    choose_labeled,
+    keep_present,
+    labeled_count_of,
+    load_split_file,
+    read_split_list,
+)
 
 __all__ = [
     "PANCREAS_DUPLICATES",
@@ -192,27 +200,14 @@ def pancreas_datalist(
     base = resolve_pancreas_root(dataset_dir)
     found = scan_pancreas(base, label_dir or dataset_dir)
     split = load_split_file(split_file, ("train", "test")) if split_file else pancreas_published_split()
-    both = sorted(set(split["train"]) & set(split["test"]))
-    if both:
-        raise DataError(f"cases in both the train and the test split: {both[:10]}")
+    check_disjoint(split)
     drop = {str(c) for c in drop_cases or ()}
     dropped = [c for c in split["train"] + split["test"] if c in drop]
     split = {k: [c for c in v if c not in drop] for k, v in split.items()}
     if dropped:
         logger.info("left out %s (drop_cases: withdrawn duplicate scans)", dropped)
-    ids = split["train"] + split["test"]
-    missing = [c for c in ids if c not in found]
     source = "split file" if split_file else "published Pancreas-NIH split"
-    if missing and not allow_missing:
-        raise MissingFileError(
-            f"{len(missing)} case(s) of the {source} are not in {base}: {missing[:10]}"
-            f"{' ...' if len(missing) > 10 else ''} (expected {base}/<case>/<study>/<series>/*.dcm; pass "
-            "allow_missing=True to use only the cases present)",
-            path=base,
-        )
-    if missing:
-        logger.warning("allow_missing: %d case(s) of the %s are not in %s and are left out", len(missing), source, base)
-        split = {k: [c for c in v if c in found] for k, v in split.items()}
+    split, missing = keep_present(split, found, base, source, f"{base}/<case>/<study>/<series>/*.dcm", allow_missing)
     train = list(split["train"])
     if not train:
         raise DataError(f"no training case of the {source} is in {base}", path=base)

@@ -1,13 +1,15 @@
 """Published split lists, user split files and labeled subsets: the pieces every dataset module shares.
 
-A dataset module (LA 2018, BraTS 2019, ...) reads its published split with :func:`read_split_list`, a user's
-``split_file`` with :func:`load_split_file`, and splits its training cases into a labeled subset and the unlabeled
-rest with :func:`labeled_count_of` and :func:`choose_labeled`.
+A dataset module (LA 2018, BraTS 2019, Pancreas-CT) reads its published split with :func:`read_split_list`, a
+user's ``split_file`` with :func:`load_split_file`, checks it against the folder with :func:`check_disjoint` and
+:func:`keep_present`, and splits its training cases into a labeled subset and the unlabeled rest with
+:func:`labeled_count_of` and :func:`choose_labeled`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from importlib import resources
@@ -18,9 +20,18 @@ import numpy as np
 
 from .isles22_layout import DataError, MissingFileError
 
-__all__ = ["LABELED_SELECTIONS", "choose_labeled", "labeled_count_of", "load_split_file", "read_split_list"]
+__all__ = [
+    "LABELED_SELECTIONS",
+    "check_disjoint",
+    "choose_labeled",
+    "keep_present",
+    "labeled_count_of",
+    "load_split_file",
+    "read_split_list",
+]
 
 PathLike = Union[str, os.PathLike]
+logger = logging.getLogger(__name__)
 
 #: how the labeled subset is drawn: at random with the seed, or the first cases of the training list
 LABELED_SELECTIONS = ("random", "first")
@@ -103,3 +114,50 @@ def choose_labeled(train: Sequence[str], n: int, seed: int = 0, selection: str =
         return train[:n]
     rng = np.random.default_rng(int(seed))
     return [train[i] for i in sorted(rng.choice(len(train), size=n, replace=False).tolist())]
+
+
+def check_disjoint(split: dict[str, list[str]]) -> None:
+    """Raise :class:`DataError` naming the cases that are in two parts of ``split`` (``{"train": [...], ...}``)."""
+    parts = list(split)
+    for i, a in enumerate(parts):
+        for b in parts[i + 1 :]:
+            both = sorted(set(split[a]) & set(split[b]))
+            if both:
+                raise DataError(f"cases in both the {a} and the {b} split: {both[:10]}")
+
+
+def keep_present(
+    split: dict[str, list[str]],
+    found: Any,
+    root: PathLike,
+    source: str,
+    expected: str,
+    allow_missing: bool | None = False,
+) -> tuple[dict[str, list[str]], list[str]]:
+    """``(split, missing)``: the split's cases that are in ``found`` (ids of the cases in the folder), and the others.
+
+    Args:
+        split: parts of the split, each a list of case ids.
+        found: the case ids present (any container).
+        root: the folder scanned (named in the error).
+        source: what the split is (``"split file"``, ``"published LA split"``, ...; named in the error).
+        expected: the layout a case should have, for the error message.
+        allow_missing: keep the present cases and log the others instead of raising; ``None`` for a dataset that
+            has no such option (the error then does not suggest it).
+
+    Raises:
+        MissingFileError: a case is missing and ``allow_missing`` is false (every missing id is counted, the
+            first ten named).
+    """
+    missing = [c for part in split.values() for c in part if c not in found]
+    if not missing:
+        return split, []
+    if not allow_missing:
+        hint = "" if allow_missing is None else "; pass allow_missing=True to use only the cases present"
+        raise MissingFileError(
+            f"{len(missing)} case(s) of the {source} are not in {root}: {missing[:10]}"
+            f"{' ...' if len(missing) > 10 else ''} (expected {expected}{hint})",
+            path=root,
+        )
+    logger.warning("allow_missing: %d case(s) of the %s are not in %s and are left out", len(missing), source, root)
+    return {k: [c for c in v if c in found] for k, v in split.items()}, missing
