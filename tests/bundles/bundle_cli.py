@@ -35,3 +35,66 @@ def run_cmd(cmd: list[str], expect_ok: bool = True, timeout: int = 600) -> subpr
 def split_args(root: Path) -> list[str]:
     """``--dataset_dir`` and the stand-in's own ``split.json``."""
     return ["--dataset_dir", str(root), "--split_file", str(root / "split.json")]
+
+
+def export_and_run_torchscript(
+    bundle: Path, configs: list, ckpt: Path, out: Path, in_shape: tuple[int, ...]
+) -> tuple[int, ...]:
+    """``ckpt_export`` of ``network_def`` (in-process, MONAI's own code path); the output shape of the exported net."""
+    import torch
+    from monai.bundle import ckpt_export
+
+    configs_dir = bundle / "configs"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(out),
+        ckpt_file=str(ckpt),
+        meta_file=str(configs_dir / "metadata.json"),
+        config_file=[str(c if Path(c).is_absolute() else configs_dir / c) for c in configs],
+        bundle_root=str(bundle),
+    )
+    scripted = torch.jit.load(str(out), map_location="cpu").eval()
+    return tuple(scripted(torch.zeros(*in_shape)).shape)
+
+
+def verify_bundle_net(bundle: Path) -> None:
+    """MONAI's ``verify_net_in_out`` on the bundle's ``inference.json`` and metadata."""
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        config_file=str(bundle / "configs" / "inference.json"),
+        device="cpu",
+        bundle_root=str(bundle),
+    )
+
+
+def split_error_messages(configs: list, dataset_dir: Path, bad_split: dict, tmp_path: Path) -> list[str]:
+    """Initialise a training workflow on a split file holding ``bad_split``; the messages of the error chain raised.
+
+    Also asserts that the run stopped before writing any weights.
+    """
+    import json
+
+    import pytest
+
+    from dycon_monai.bundle import DyconWorkflow
+
+    split_file = tmp_path / "bad_split.json"
+    split_file.write_text(json.dumps(bad_split))
+    workflow = DyconWorkflow(
+        config_file=[str(c) for c in configs],
+        logging_file=False,
+        dataset_dir=str(dataset_dir),
+        split_file=str(split_file),
+        output_dir=str(tmp_path / "o"),
+    )
+    with pytest.raises(RuntimeError) as info:
+        workflow.initialize()
+    chain, err = [], info.value
+    while err is not None:
+        chain.append(str(err))
+        err = err.__cause__
+    assert not list((tmp_path / "o").rglob("model.pt"))
+    return chain

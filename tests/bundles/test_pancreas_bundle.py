@@ -10,10 +10,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from bundle_cli import bundle_cmd, run_cmd, split_args
+from bundle_cli import (
+    bundle_cmd,
+    export_and_run_torchscript,
+    run_cmd,
+    split_args,
+    split_error_messages,
+    verify_bundle_net,
+)
 from bundle_overrides import PANCREAS_TINY
-from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
+from monai.bundle import ConfigParser
 
 from dycon_monai.bundle import DyconWorkflow
 from dycon_monai.data.pancreas import PANCREAS_RELEASE_FOLDER
@@ -148,48 +154,26 @@ def test_pancreas_inference_and_ckpt_export(pancreas_run, pancreas, tiny_json, t
     assert seg.shape == (32, 32, 16)  # the series' own grid
     assert np.allclose(np.abs(np.diag(seg.affine))[:3], [1.0, 1.0, 2.0])
     assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1}
-    ts = tmp_path / "model.ts"
-    ckpt_export(  # in-process: the same code path as ``python -m monai.bundle ckpt_export``
-        net_id="network_def",
-        filepath=str(ts),
-        ckpt_file=str(pancreas_run / "models" / "model.pt"),
-        meta_file=str(CONFIGS / "metadata.json"),
-        config_file=[str(CONFIGS / "inference.json"), str(tiny_json)],
-        bundle_root=str(BUNDLE),
+    configs = ["inference.json", tiny_json]
+    ckpt = pancreas_run / "models" / "model.pt"
+    assert export_and_run_torchscript(BUNDLE, configs, ckpt, tmp_path / "model.ts", (1, 1, 16, 16, 16)) == (
+        1,
+        2,
+        16,
+        16,
+        16,
     )
-    scripted = torch.jit.load(str(ts), map_location="cpu").eval()
-    assert scripted(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 2, 16, 16, 16)
 
 
 def test_pancreas_verify_net_in_out():
-    verify_net_in_out(
-        net_id="network_def",
-        meta_file=str(CONFIGS / "metadata.json"),
-        config_file=str(CONFIGS / "inference.json"),
-        device="cpu",
-        bundle_root=str(BUNDLE),
-    )
+    verify_bundle_net(BUNDLE)
 
 
 def test_pancreas_missing_case_of_split_stops_before_training(pancreas, tiny_json, tmp_path):
-    bad = tmp_path / "split.json"
     split = json.loads((pancreas / "split.json").read_text())
-    bad.write_text(json.dumps(dict(split, train=split["train"] + ["PANCREAS_0099"])))
-    workflow = DyconWorkflow(
-        config_file=[str(CONFIGS / "train.json"), str(tiny_json)],
-        logging_file=False,
-        dataset_dir=str(pancreas),
-        split_file=str(bad),
-        output_dir=str(tmp_path / "o"),
-    )
-    with pytest.raises(RuntimeError) as info:
-        workflow.initialize()
-    chain, err = [], info.value
-    while err is not None:
-        chain.append(str(err))
-        err = err.__cause__
+    bad = dict(split, train=split["train"] + ["PANCREAS_0099"])
+    chain = split_error_messages([CONFIGS / "train.json", tiny_json], pancreas, bad, tmp_path)
     assert any("PANCREAS_0099" in m and "split file" in m for m in chain), chain
-    assert not list((tmp_path / "o").rglob("model.pt"))
 
 
 @pytest.mark.slow
