@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from dycon_monai.bundle import WORKFLOW_NAME
+import pytest
+import torch
+from monai.bundle import ckpt_export, verify_net_in_out
+
+from dycon_monai.bundle import WORKFLOW_NAME, DyconWorkflow
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,9 +46,6 @@ def export_and_run_torchscript(
     bundle: Path, configs: list, ckpt: Path, out: Path, in_shape: tuple[int, ...]
 ) -> tuple[int, ...]:
     """``ckpt_export`` of ``network_def`` (in-process, MONAI's own code path); the output shape of the exported net."""
-    import torch
-    from monai.bundle import ckpt_export
-
     configs_dir = bundle / "configs"
     ckpt_export(
         net_id="network_def",
@@ -59,8 +61,6 @@ def export_and_run_torchscript(
 
 def verify_bundle_net(bundle: Path) -> None:
     """MONAI's ``verify_net_in_out`` on the bundle's ``inference.json`` and metadata."""
-    from monai.bundle import verify_net_in_out
-
     verify_net_in_out(
         net_id="network_def",
         meta_file=str(bundle / "configs" / "metadata.json"),
@@ -70,21 +70,16 @@ def verify_bundle_net(bundle: Path) -> None:
     )
 
 
-def split_error_messages(configs: list, dataset_dir: Path, bad_split: dict, tmp_path: Path) -> list[str]:
-    """Initialise a training workflow on a split file holding ``bad_split``; the messages of the error chain raised.
-
-    Also asserts that the run stopped before writing any weights.
+def split_error_messages(bundle: Path, configs: list, dataset_dir: Path, extra_case: str, tmp_path: Path) -> list[str]:
+    """Initialise a training workflow on the stand-in's ``split.json`` with ``extra_case`` added to its training
+    part; the messages of the error chain raised. Also asserts that the run stopped before writing any weights.
     """
-    import json
-
-    import pytest
-
-    from dycon_monai.bundle import DyconWorkflow
-
+    split = json.loads((dataset_dir / "split.json").read_text())
     split_file = tmp_path / "bad_split.json"
-    split_file.write_text(json.dumps(bad_split))
+    split_file.write_text(json.dumps(dict(split, train=split["train"] + [extra_case])))
+    configs_dir = bundle / "configs"
     workflow = DyconWorkflow(
-        config_file=[str(c) for c in configs],
+        config_file=[str(c if Path(c).is_absolute() else configs_dir / c) for c in configs],
         logging_file=False,
         dataset_dir=str(dataset_dir),
         split_file=str(split_file),

@@ -160,15 +160,11 @@ def test_brats_inference_and_ckpt_export(brats_run, brats, tiny_json, tmp_path):
     assert seg.shape == src.shape == (32, 32, 24)
     np.testing.assert_allclose(seg.affine, src.affine, atol=1e-5)  # back on the file's grid and orientation
     assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1}
-    configs = ["inference.json", tiny_json]
     ckpt = brats_run / "models" / "model.pt"
-    assert export_and_run_torchscript(BUNDLE, configs, ckpt, tmp_path / "model.ts", (1, 1, 16, 16, 16)) == (
-        1,
-        2,
-        16,
-        16,
-        16,
+    shape = export_and_run_torchscript(
+        BUNDLE, ["inference.json", tiny_json], ckpt, tmp_path / "m.ts", (1, 1, 16, 16, 16)
     )
+    assert shape == (1, 2, 16, 16, 16)
 
 
 def test_brats_verify_net_in_out():
@@ -176,9 +172,7 @@ def test_brats_verify_net_in_out():
 
 
 def test_brats_missing_case_of_split_stops_before_training(brats, tiny_json, tmp_path):
-    split = json.loads((brats / "split.json").read_text())
-    bad = dict(split, train=split["train"] + ["BraTS19_NO_SUCH_1"])
-    chain = split_error_messages([CONFIGS / "train.json", tiny_json], brats, bad, tmp_path)
+    chain = split_error_messages(BUNDLE, ["train.json", tiny_json], brats, "BraTS19_NO_SUCH_1", tmp_path)
     assert any("BraTS19_NO_SUCH_1" in m and "split file" in m for m in chain), chain
 
 
