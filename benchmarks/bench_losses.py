@@ -2,7 +2,8 @@
 
 - FeCL (paper variant, top-K teacher hard negatives in the denominator, entropy weights) at B=4, D=256,
   N in {1152, 4096}, against the deliberately naive dense implementation the tests use
-  (``tests/losses/dense_fecl_reference.py``, imported by path), and against its floor: the work no implementation
+  (``tests/losses/dense_fecl_reference.py``, imported by path), and against its floor (``fecl_floor.py`` beside this
+  script): the work no implementation
   of the paper's loss can skip at the same sizes, in chunks of the same ``chunk`` anchors (student similarities
   ``z z^T``, teacher similarities ``z zt^T`` for the top-K, their exponentials, and the two gradient products
   ``G z`` and ``G^T z``), so ``ours / floor`` says how much is left to gain.
@@ -37,6 +38,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DENSE_REFERENCE = REPO / "tests" / "losses" / "dense_fecl_reference.py"
+FLOOR = Path(__file__).resolve().with_name("fecl_floor.py")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -72,31 +74,13 @@ class RssSampler:
         self.peak = max(self.peak, self.rss())
 
 
-def _load_dense_reference():
-    spec = importlib.util.spec_from_file_location("dense_fecl_reference", DENSE_REFERENCE)
+def _load_by_path(path: Path):
+    """Import a helper module by its file path (``tests/`` and ``benchmarks/`` are not packages)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["dense_fecl_reference"] = module
+    sys.modules[path.stem] = module
     spec.loader.exec_module(module)
-    return module.dense_paper_fecl
-
-
-def _fecl_floor(emb, teacher, chunk: int):
-    """The matrix products and exponentials FeCL needs at these sizes (see the module docstring), nothing else."""
-    import torch
-    import torch.nn.functional as F
-
-    def floor() -> None:
-        with torch.no_grad():
-            zn, ztn = F.normalize(emb, dim=2), F.normalize(teacher, dim=2)
-            n = zn.shape[1]
-            for i0 in range(0, n, chunk):
-                zc = zn[:, i0 : i0 + chunk]
-                e = torch.bmm(zc, zn.transpose(1, 2)).exp_()  # student similarities and their exponentials
-                torch.bmm(zc, ztn.transpose(1, 2)).exp_()  # teacher similarities for the top-K hard negatives
-                torch.bmm(e, zn)  # gradient product for the anchors
-                torch.bmm(e.transpose(1, 2), zc)  # gradient product for the other patches
-
-    return floor
+    return module
 
 
 def _make_case(loss: str, impl: str, size: dict, device: str):
@@ -111,7 +95,7 @@ def _make_case(loss: str, impl: str, size: dict, device: str):
         labels = (torch.rand(b, n, generator=g) < 0.15).long().to(device)
         entropy = torch.rand(b, n, generator=g).to(device)
         if impl == "floor":
-            return _fecl_floor(emb.detach(), teacher, size.get("chunk", 256))
+            return _load_by_path(FLOOR).floor_call(emb.detach(), teacher, size.get("chunk", 256))
         if impl in ("ours", "reference"):
             from dycon_monai.losses import FeCLLoss, FeCLReferenceLoss
 
@@ -120,7 +104,7 @@ def _make_case(loss: str, impl: str, size: dict, device: str):
                 return lambda: fn(emb, labels, teacher, entropy).backward()
             ref = FeCLReferenceLoss(gamma=2.0, chunk_size=size.get("chunk", 256))
             return lambda: ref(emb, labels, teacher).backward()  # the released code weights by no entropy
-        dense = _load_dense_reference()
+        dense = _load_by_path(DENSE_REFERENCE).dense_paper_fecl
         return lambda: dense(emb, labels, teacher, entropy).backward()
 
     b, c, sp = size["B"], size["C"], size["spatial"]

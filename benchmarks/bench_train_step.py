@@ -7,6 +7,11 @@ batch size: the supervised step trains on ``B`` labeled patches (Dice+CE only, n
 own subprocess of this run (so peak memory is measured per mode) and the script prints seconds per iteration, peak
 memory and the ratios against the supervised and the Mean-Teacher step.
 
+``dycon_floor`` is the DyCON step with FeCL replaced by its floor (``fecl_floor.py`` beside this script: only the
+matrix products and exponentials FeCL cannot skip, value 0): every other part is DyCON's own (projection head in
+both forwards, UnCL, the teacher on the unlabeled half, the EMA update), so its ratio to Mean-Teacher is the lowest
+a DyCON step with this network and head can reach, however fast FeCL becomes.
+
 The co-training modes (``cps``, ``cps_dycon``, ``dual_cce``) run ``CoTrainingTrainer`` on the same batch: ``cps`` and
 ``cps_dycon`` on two instances of the same ``DyCONNet``, ``dual_cce`` on seed 003's pair (ResNet34 ``FlexibleUNet``
 + ``VNet``, decoder taps, embedding 64; every patch side a multiple of 32). ``--modes`` picks a subset.
@@ -41,7 +46,7 @@ import sys
 import time
 from typing import Any
 
-MT_MODES = ("supervised", "mean_teacher", "dycon")
+MT_MODES = ("supervised", "mean_teacher", "dycon", "dycon_floor")
 CO_MODES = ("cps", "cps_dycon", "dual_cce")
 
 
@@ -61,6 +66,18 @@ def _device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def _floor_fecl():
+    """``FloorFeCLLoss`` from ``fecl_floor.py`` beside this script (the benchmarks are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().with_name("fecl_floor.py")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.FloorFeCLLoss
 
 
 def run_mode(args: argparse.Namespace) -> dict[str, Any]:
@@ -119,7 +136,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         "loss_function": DiceCELoss(to_onehot_y=True, softmax=True),
         "unlabeled_data_loader": unlabeled,
         "uncl_loss": UnCLLoss(),
-        "fecl_loss": FeCLLoss(gamma=0.5, grid_size=args.grid),
+        "fecl_loss": (_floor_fecl() if args.mode == "dycon_floor" else FeCLLoss)(gamma=0.5, grid_size=args.grid),
         "amp": args.amp,
         "decollate": False,
         "compile": getattr(args, "compile", False),
@@ -128,7 +145,7 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         weights = co_training_weights(args.mode, cps_rampup=0)
         trainer = CoTrainingTrainer(network_b=net_b, **common, **weights)
     else:
-        trainer = MeanTeacherTrainer(**common, **method_weights(args.mode))
+        trainer = MeanTeacherTrainer(**common, **method_weights(args.mode.replace("_floor", "")))
     cuda = device.type == "cuda"
     times: list[float] = []
     marks: dict[str, float] = {}
@@ -374,6 +391,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ratio dycon/supervised: time {time_ratio:.2f}x, peak memory {mem_ratio:.2f}x")
         print(f"ratio dycon/mean_teacher: time {mt_time:.2f}x, peak memory {mt_mem:.2f}x")
         summary.update(time_ratio=time_ratio, memory_ratio=mem_ratio, mt_time_ratio=mt_time, mt_memory_ratio=mt_mem)
+    if "dycon_floor" in results:
+        floor_ratio = ratios["dycon_floor"]["time_vs_mean_teacher"]
+        print(
+            f"ratio dycon_floor/mean_teacher (DyCON with FeCL at its floor, the lowest reachable): {floor_ratio:.2f}x"
+        )
+        summary["floor_mt_time_ratio"] = floor_ratio
     if args.breakdown:
         print_breakdown(results)
         if args.plot:

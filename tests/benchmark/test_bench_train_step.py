@@ -68,3 +68,33 @@ def test_compile_mode_times_the_compiled_trainer_beside_eager(capsys):
     assert set(summary["compile"]) == {"supervised", "mean_teacher"}
     assert all(v["time_ratio"] > 0 for v in summary["compile"].values())
     assert summary["results"]["mean_teacher+compile"]["first_iter_s"] > 0
+
+
+def test_floor_mode_runs_dycon_with_fecl_at_its_floor():
+    """``dycon_floor``: DyCON's step with FeCL's value 0 and its gradient the floor's products, every other part kept."""
+    args = argparse.Namespace(
+        mode="dycon_floor", device="cpu", batch=2, patch=[16, 16, 16], channels=[4, 8, 16], embedding_dim=8, grid=4,
+        iters=1, warmup=0, threads=0, amp=False, breakdown=True,
+    )  # fmt: skip
+    result = _bench().run_mode(args)
+    parts = result["breakdown"]["parts_s"]
+    assert {"loss_uncl", "loss_fecl", "projection_head", "teacher_forward", "ema_update"} <= set(parts)
+    assert result["losses"]["loss_fecl"] == 0.0 and result["losses"]["loss_uncl"] != 0.0
+
+
+def test_floor_products_are_the_two_gradient_products_of_the_exponentials():
+    import torch
+
+    spec = importlib.util.spec_from_file_location("fecl_floor", BENCH.with_name("fecl_floor.py"))
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    g = torch.Generator().manual_seed(0)
+    zn = torch.nn.functional.normalize(torch.randn(2, 10, 4, generator=g, dtype=torch.float64), dim=2)
+    e = torch.bmm(zn, zn.transpose(1, 2)).exp()
+    expected = torch.bmm(e, zn) + torch.bmm(e.transpose(1, 2), zn)
+    for chunk in (3, 10):
+        assert torch.allclose(floor.floor_products(zn, zn, chunk), expected)
+    emb = torch.randn(2, 10, 4, generator=g, requires_grad=True)
+    loss = floor.FloorFeCLLoss(hard_negatives="none")(emb, (torch.arange(10) % 2).repeat(2, 1))
+    loss.backward()
+    assert loss.item() == 0.0 and emb.grad.abs().sum() > 0
