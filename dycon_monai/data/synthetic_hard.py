@@ -15,8 +15,8 @@ that many labeled examples are needed:
   in (the excess over 1 is log-uniform in 0.1-2.0, so ~23 % of lesions are only 10-20 % brighter, and a faint
   white-matter lesion is darker than grey matter), its ADC 0.45-0.75x; borders are fuzzy (a logistic edge
   0.2-0.6 voxel wide, before the blur);
-* **mimics, labelled 0** -- 1-4 blobs per case bright on DWI (x1.3-2.5) but NOT dark on ADC (x1.0-1.4): T2
-  shine-through; and 0-3 blobs dark on ADC (x0.45-0.75) but not bright on DWI (x0.7-1.05). Each is 15-1500
+* **mimics, labelled 0** -- 3-8 blobs per case bright on DWI (x1.3-2.5) but NOT dark on ADC (x1.0-1.4): T2
+  shine-through; and 1-5 blobs dark on ADC (x0.45-0.75) but not bright on DWI (x0.7-1.05). Each is 15-1500
   reference voxels (log-uniform), two voxels or more from any lesion. Real lesions are bright on DWI *and* dark
   on ADC, so neither channel alone separates them from mimics: a model needs both.
 
@@ -52,7 +52,7 @@ _SHINE_EXCESS = (0.3, 1.5)  # DWI factor - 1 of a shine-through mimic, log-unifo
 _SHINE_ADC = (1.0, 1.4)  # its ADC factor: normal to raised
 _LOW_ADC_DWI = (0.7, 1.05)  # DWI factor of a low-ADC mimic: darker to unchanged
 _LOW_ADC_ADC = (0.45, 0.75)  # its ADC factor: as low as a lesion's
-_MIMIC_COUNT = {MIMIC_SHINE_THROUGH: (1, 4), MIMIC_LOW_ADC: (0, 3)}  # per case, inclusive
+_MIMIC_COUNT = {MIMIC_SHINE_THROUGH: (3, 8), MIMIC_LOW_ADC: (1, 5)}  # per case, inclusive
 _MIMIC_VOLUME_REF = (15.0, 1500.0)  # volume of one mimic in reference voxels (8 mm^3), log-uniform
 
 

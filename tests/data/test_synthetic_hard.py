@@ -97,9 +97,9 @@ def test_mimics_labelled_zero_and_told_apart_by_adc():
     exclude = ndimage.binary_dilation(lab | (case.mimic > 0), _S26)
     shine = _components(case.mimic == MIMIC_SHINE_THROUGH, 15)
     assert shine, "expected DWI-bright mimics"
-    for blob in shine:  # bright on DWI, not dark on ADC
-        assert _local_ratio(case.dwi, blob, case.brain, exclude & ~blob) > 1.3
-        assert _local_ratio(case.adc, blob, case.brain, exclude & ~blob) > 0.95
+    for blob in shine:  # bright on DWI, not dark on ADC (drawn x1.3-2.5 / x1.0-1.4; noise and blur move the medians)
+        assert _local_ratio(case.dwi, blob, case.brain, exclude & ~blob) > 1.2
+        assert _local_ratio(case.adc, blob, case.brain, exclude & ~blob) > 0.9
     for blob in _components(case.mimic == MIMIC_LOW_ADC, 15):  # dark on ADC, not bright on DWI
         assert _local_ratio(case.dwi, blob, case.brain, exclude & ~blob) < 1.15
         assert _local_ratio(case.adc, blob, case.brain, exclude & ~blob) < 0.85
