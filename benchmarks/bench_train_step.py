@@ -68,8 +68,8 @@ def _device_name(device: str) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def _floor_fecl():
-    """``FloorFeCLLoss`` from ``fecl_floor.py`` beside this script (the benchmarks are scripts, not a package)."""
+def fecl_floor_module():
+    """``fecl_floor.py`` beside this script, imported by its path (the benchmarks are scripts, not a package)."""
     import importlib.util
     from pathlib import Path
 
@@ -77,7 +77,7 @@ def _floor_fecl():
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.FloorFeCLLoss
+    return module
 
 
 def run_mode(args: argparse.Namespace) -> dict[str, Any]:
@@ -136,7 +136,9 @@ def run_mode(args: argparse.Namespace) -> dict[str, Any]:
         "loss_function": DiceCELoss(to_onehot_y=True, softmax=True),
         "unlabeled_data_loader": unlabeled,
         "uncl_loss": UnCLLoss(),
-        "fecl_loss": (_floor_fecl() if args.mode == "dycon_floor" else FeCLLoss)(gamma=0.5, grid_size=args.grid),
+        "fecl_loss": (fecl_floor_module().FloorFeCLLoss if args.mode == "dycon_floor" else FeCLLoss)(
+            gamma=0.5, grid_size=args.grid
+        ),
         "amp": args.amp,
         "decollate": False,
         "compile": getattr(args, "compile", False),

@@ -85,9 +85,7 @@ def test_floor_mode_runs_dycon_with_fecl_at_its_floor():
 def test_floor_products_are_the_two_gradient_products_of_the_exponentials():
     import torch
 
-    spec = importlib.util.spec_from_file_location("fecl_floor", BENCH.with_name("fecl_floor.py"))
-    floor = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(floor)
+    floor = _bench().fecl_floor_module()
     g = torch.Generator().manual_seed(0)
     zn = torch.nn.functional.normalize(torch.randn(2, 10, 4, generator=g, dtype=torch.float64), dim=2)
     e = torch.bmm(zn, zn.transpose(1, 2)).exp()
